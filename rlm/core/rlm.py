@@ -1,0 +1,677 @@
+"""`RLM`: the recursive language model loop.
+
+`completion(prompt, root_prompt)` loads `prompt` into a REPL as `context`, shows the root LM
+only its metadata, and loops: root LM -> run its ```repl blocks -> feed back their output,
+until the code or the reply gives a final answer or a limit trips. Every LM call (root turns,
+sub-calls, child RLMs' turns) goes through the one `LMHandler` path, which routes it, checks
+the tree's `Budget` and records its usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlm.clients import get_client
+from rlm.clients.base import BaseLM
+from rlm.core.aio import on_loop, run_sync, to_thread
+from rlm.core.budget import Budget, Limits
+from rlm.core.events import CallbackObserver, Events, Observer, RunInfo
+from rlm.core.lm_handler import LMHandler, Session
+from rlm.core.types import (
+    CodeBlock,
+    Message,
+    QueryMetadata,
+    REPLResult,
+    RLMChatCompletion,
+    RLMIteration,
+    StopReason,
+    SubcallRecord,
+    Usage,
+    UsageLedger,
+)
+from rlm.environments import environment_class, get_environment
+from rlm.environments.base import BaseEnv, ToolSpec
+from rlm.errors import (
+    ConfigurationError,
+    ContextLoadError,
+    LimitExceededError,
+    RLMError,
+    TimeoutExceededError,
+)
+from rlm.parsing import find_code_blocks, find_final, ignored_languages, strip_code
+from rlm.prompts import (
+    ANSWER_NOW,
+    build_system_prompt,
+    context_metadata_message,
+    feedback_message,
+    no_code_message,
+)
+from rlm.runtime.repl import HELPER_NAMES, to_jsonable
+
+RESERVED_NAMES = frozenset({*HELPER_NAMES, "answer", "context", "history"})
+
+CHILD_TASK_PROMPT = "The task is given in `context`: read it and do what it asks."
+
+
+@dataclass
+class _Tree:
+    """What a top-level completion shares with every child run below it."""
+
+    budget: Budget
+    events: Events
+    child_slots: dict[int, asyncio.Semaphore] = field(default_factory=dict)
+
+
+@dataclass
+class _Persistent:
+    """The environment and session kept across `completion()` calls when persistent=True."""
+
+    env: BaseEnv
+    session: Session
+    contexts: int = 0
+
+
+class RLM:
+    """A recursive language model. Argument names follow the reference implementation.
+
+    Args:
+        backend / backend_kwargs: the root model's client (see `rlm.clients`).
+        environment / environment_kwargs: where code runs ("local", "process", "docker", ...);
+            `environment_kwargs={"timeout": s}` sets the per-cell timeout.
+        depth: this RLM's own depth (0 for a root).
+        max_depth: 1 = sub-calls are plain LMs; n > 1 lets `rlm_query` start child RLMs
+            down to depth n - 1.
+        max_iterations: root turns per run before one last "answer now" call.
+        max_budget (USD), max_timeout (s), max_tokens, max_subcalls: limits over the whole
+            recursion tree, checked host-side.
+        max_errors: stop after this many consecutive turns whose code raised.
+        other_backends / other_backend_kwargs: more clients; the first serves depth >= 1.
+        depth_backends: {depth: {"backend": name, "backend_kwargs": {...}}} for finer routing.
+        custom_tools / custom_sub_tools: {name: callable | value | {"tool": ..., "description":
+            ...}} exposed in the REPL (callables run host-side); sub tools go to child RLMs
+            (default: the same as custom_tools).
+        max_concurrent_subcalls: child RLMs running at once per depth level.
+        max_output_chars: REPL output shown to the root LM per block (head and tail kept).
+        observers: extra `rlm.core.events.Observer`s (loggers, UIs).
+    """
+
+    def __init__(
+        self,
+        backend: str = "openai",
+        backend_kwargs: Mapping[str, Any] | None = None,
+        environment: str = "local",
+        environment_kwargs: Mapping[str, Any] | None = None,
+        depth: int = 0,
+        max_depth: int = 1,
+        max_iterations: int = 30,
+        max_budget: float | None = None,
+        max_timeout: float | None = None,
+        max_tokens: int | None = None,
+        max_errors: int | None = None,
+        custom_system_prompt: str | None = None,
+        other_backends: Sequence[str] | None = None,
+        other_backend_kwargs: Sequence[Mapping[str, Any]] | None = None,
+        logger: Observer | None = None,
+        verbose: bool = False,
+        persistent: bool = False,
+        custom_tools: Mapping[str, Any] | None = None,
+        custom_sub_tools: Mapping[str, Any] | None = None,
+        max_concurrent_subcalls: int = 8,
+        *,
+        max_subcalls: int | None = None,
+        depth_backends: Mapping[int, Mapping[str, Any]] | None = None,
+        max_output_chars: int = 20_000,
+        on_subcall_start: Callable[..., Any] | None = None,
+        on_subcall_complete: Callable[..., Any] | None = None,
+        on_iteration_start: Callable[..., Any] | None = None,
+        on_iteration_complete: Callable[..., Any] | None = None,
+        observers: Sequence[Observer] = (),
+    ) -> None:
+        _check_int("depth", depth, minimum=0)
+        _check_int("max_depth", max_depth, minimum=1)
+        _check_int("max_iterations", max_iterations, minimum=1)
+        _check_int("max_concurrent_subcalls", max_concurrent_subcalls, minimum=1)
+        _check_int("max_output_chars", max_output_chars, minimum=100)
+        if max_errors is not None:
+            _check_int("max_errors", max_errors, minimum=1)
+        self.limits = Limits(
+            max_tokens=max_tokens,
+            max_budget=max_budget,
+            max_timeout=max_timeout,
+            max_subcalls=max_subcalls,
+        )
+        self.backend = backend
+        self.environment = environment
+        self.environment_kwargs = dict(environment_kwargs or {})
+        for key in ("handler", "depth", "tools"):
+            if key in self.environment_kwargs:
+                raise ConfigurationError(f"environment_kwargs may not set {key!r}: rlm sets it")
+        environment_class(environment)  # unknown names fail now, not at the first completion
+        self.depth = depth
+        self.max_depth = max_depth
+        self.max_iterations = max_iterations
+        self.max_errors = max_errors
+        self.custom_system_prompt = custom_system_prompt
+        self.persistent = persistent
+        self.max_concurrent_subcalls = max_concurrent_subcalls
+        self.max_output_chars = max_output_chars
+
+        self.tools, self.tool_specs = _normalise_tools(custom_tools)
+        if custom_sub_tools is None:
+            self.sub_tools, self.sub_tool_specs = self.tools, self.tool_specs
+        else:
+            self.sub_tools, self.sub_tool_specs = _normalise_tools(custom_sub_tools)
+
+        others = list(other_backends or [])
+        other_kwargs = list(other_backend_kwargs or [{} for _ in others])
+        if len(other_kwargs) != len(others):
+            raise ConfigurationError(
+                "other_backend_kwargs must have one entry per other_backends entry "
+                f"({len(others)} backends, {len(other_kwargs)} kwargs)"
+            )
+        self.root_client: BaseLM = get_client(backend, backend_kwargs or {})
+        self.other_clients = [get_client(b, kw) for b, kw in zip(others, other_kwargs, strict=True)]
+        self.depth_clients = {
+            int(d): get_client(spec["backend"], spec.get("backend_kwargs") or {})
+            for d, spec in (depth_backends or {}).items()
+        }
+        self.handler = LMHandler(
+            self.root_client, other_clients=self.other_clients, depth_clients=self.depth_clients
+        )
+
+        observer_list = list(observers)
+        if logger is not None:
+            observer_list.append(logger)
+        if verbose:
+            from rlm.logger.verbose import VerbosePrinter
+
+            observer_list.append(VerbosePrinter())
+        if any((on_subcall_start, on_subcall_complete, on_iteration_start, on_iteration_complete)):
+            observer_list.append(
+                CallbackObserver(
+                    on_subcall_start=on_subcall_start,
+                    on_subcall_complete=on_subcall_complete,
+                    on_iteration_start=on_iteration_start,
+                    on_iteration_complete=on_iteration_complete,
+                )
+            )
+        self.observers = observer_list
+        self._persistent: _Persistent | None = None
+        self._persistent_lock: asyncio.Lock | None = None
+        self._closed = False
+
+    # ----------------------------------------------------------------- public API
+
+    def completion(self, prompt: Any, root_prompt: str | None = None) -> RLMChatCompletion:
+        """Run the RLM on `prompt` (the context) and return its answer. Blocks until done."""
+        return run_sync(self._complete(prompt, root_prompt))
+
+    async def acompletion(self, prompt: Any, root_prompt: str | None = None) -> RLMChatCompletion:
+        """`completion` for async code; many may run at once on one `RLM`."""
+        return await on_loop(self._complete(prompt, root_prompt))
+
+    def close(self) -> None:
+        """Release the persistent environment, the handler and the clients' connections."""
+        if self._closed:
+            return
+        self._closed = True
+        run_sync(self._aclose())
+
+    def __enter__(self) -> RLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def _aclose(self) -> None:
+        if self._persistent is not None:
+            state, self._persistent = self._persistent, None
+            self.handler.close_session(state.session)
+            await to_thread(state.env.cleanup)
+        await self.handler.astop()
+        await self.handler.aclose_clients()
+
+    # ----------------------------------------------------------------- the loop
+
+    async def _complete(self, prompt: Any, root_prompt: str | None) -> RLMChatCompletion:
+        if self._closed:
+            raise ConfigurationError("this RLM is closed")
+        validate_context(prompt)
+        if root_prompt is not None and not isinstance(root_prompt, str):
+            raise ConfigurationError("root_prompt must be a str or None")
+        if self.handler.address is None:
+            await self.handler.astart()
+        tree = _Tree(Budget(self.limits), Events(self.observers))
+        if not self.persistent:
+            return await self._run(prompt, root_prompt, self.depth, tree, UsageLedger(), "", None)
+        if self._persistent_lock is None:
+            self._persistent_lock = asyncio.Lock()
+        async with self._persistent_lock:
+            return await self._run(
+                prompt, root_prompt, self.depth, tree, UsageLedger(), "", None, persistent=True
+            )
+
+    async def _run(
+        self,
+        context: Any,
+        root_prompt: str | None,
+        depth: int,
+        tree: _Tree,
+        ledger: UsageLedger,
+        parent_id: str,
+        model: str | None,
+        *,
+        persistent: bool = False,
+    ) -> RLMChatCompletion:
+        client = self.handler.router.route(depth, model)
+        run_id = uuid.uuid4().hex[:16]
+        metadata = QueryMetadata.of(context)
+        info = RunInfo(
+            run_id=run_id,
+            parent_id=parent_id,
+            depth=depth,
+            root_model=client.model_name,
+            environment=self.environment,
+            root_prompt=root_prompt,
+            context_type=metadata.context_type,
+            context_total_length=metadata.context_total_length,
+            context_lengths=metadata.context_lengths,
+            settings=self._settings(),
+            context=context if depth == self.depth else None,
+        )
+        started = time.monotonic()
+        tools = self.tools if depth == self.depth else self.sub_tools
+        specs = self.tool_specs if depth == self.depth else self.sub_tool_specs
+        session, env, index = await self._open(
+            tree, ledger, depth, run_id, info, tools, specs, persistent
+        )
+        loop = _Loop(self, tree, info, session, env, client.model_name if model else None)
+        try:
+            await to_thread(env.load_context, context, index)
+            tree.events.emit("on_run_start", info)
+            messages = [
+                {
+                    "role": "system",
+                    "content": build_system_prompt(
+                        self.custom_system_prompt, specs, max_depth=self.max_depth, depth=depth
+                    ),
+                },
+                {
+                    "role": "user",
+                    "content": context_metadata_message(metadata, root_prompt, index=index),
+                },
+            ]
+            await loop.run(messages)
+        finally:
+            if persistent:
+                assert self._persistent is not None
+                await to_thread(env.add_history, _jsonable_messages(loop.messages), index)
+            else:
+                self.handler.close_session(session)
+                await to_thread(env.cleanup)
+        completion = RLMChatCompletion(
+            root_model=client.model_name,
+            prompt=context,
+            response=loop.answer_text if loop.answer_text is not None else loop.best,
+            usage_summary=ledger.summary(),
+            execution_time=time.monotonic() - started,
+            metadata={
+                "run_metadata": info.to_dict(),
+                "iterations": [record.to_dict() for record in loop.records],
+            },
+            stop_reason=loop.stop_reason,
+            error=loop.error,
+            value=loop.answer_value,
+            run_id=run_id,
+            iterations=loop.iteration,
+        )
+        tree.events.emit("on_run_end", info, completion)
+        return completion
+
+    async def _open(
+        self,
+        tree: _Tree,
+        ledger: UsageLedger,
+        depth: int,
+        run_id: str,
+        info: RunInfo,
+        tools: Mapping[str, Callable[..., Any]],
+        specs: Mapping[str, ToolSpec],
+        persistent: bool,
+    ) -> tuple[Session, BaseEnv, int]:
+        """A handler session and an environment for one run (reused when persistent)."""
+
+        def on_start(record: SubcallRecord) -> None:
+            record.parent_id = run_id
+            tree.events.emit("on_subcall_start", info, record)
+
+        def on_record(record: SubcallRecord) -> None:
+            record.parent_id = run_id
+            tree.events.emit("on_subcall", info, record)
+
+        async def spawn(prompt: Any, context: Any, model: str | None) -> dict[str, Any]:
+            return await self._spawn(tree, ledger, depth, run_id, prompt, context, model)
+
+        if persistent and self._persistent is not None:
+            state = self._persistent
+            state.contexts += 1
+            session = state.session
+            session.budget, session.ledger, session.spawn = tree.budget, ledger, spawn
+            session.on_start, session.on_record = on_start, on_record
+            return session, state.env, state.contexts
+        session = self.handler.open_session(
+            depth=depth,
+            max_depth=self.max_depth,
+            budget=tree.budget,
+            ledger=ledger,
+            spawn=spawn,
+            tools=tools,
+            on_start=on_start,
+            on_record=on_record,
+        )
+        kwargs = {
+            **self.environment_kwargs,
+            "handler": self.handler.endpoint(session),
+            "depth": depth,
+            "tools": specs,
+        }
+        try:
+            env = await to_thread(get_environment, self.environment, kwargs)
+        except BaseException:
+            self.handler.close_session(session)
+            raise
+        if persistent:
+            self._persistent = _Persistent(env, session)
+        return session, env, 0
+
+    async def _spawn(
+        self,
+        tree: _Tree,
+        parent_ledger: UsageLedger,
+        parent_depth: int,
+        parent_id: str,
+        prompt: Any,
+        context: Any,
+        model: str | None,
+    ) -> dict[str, Any]:
+        """Run a child RLM for `rlm_query`: same handler and budget, its own environment."""
+        depth = parent_depth + 1
+        if context is None:
+            child_context, root_prompt = prompt, CHILD_TASK_PROMPT
+        elif isinstance(prompt, str):
+            child_context, root_prompt = context, prompt
+        else:
+            raise ConfigurationError("rlm_query: with a context, the prompt must be a str")
+        validate_context(child_context)
+        slots = tree.child_slots.setdefault(depth, asyncio.Semaphore(self.max_concurrent_subcalls))
+        async with slots:
+            ledger = UsageLedger(parent_ledger)
+            child = await self._run(
+                child_context, root_prompt, depth, tree, ledger, parent_id, model
+            )
+        if child.stop_reason == "error" and not child.response:
+            raise RLMError(f"child RLM failed: {child.error}")
+        summary = child.usage_summary
+        usage = Usage(
+            input_tokens=summary.total_input_tokens,
+            output_tokens=summary.total_output_tokens,
+            cached_tokens=sum(
+                m.total_cached_tokens for m in summary.model_usage_summaries.values()
+            ),
+            cost=summary.total_cost,
+        )
+        return {
+            "text": child.response,
+            "model": child.root_model,
+            "usage": usage.to_dict(),
+            "stop_reason": child.stop_reason,
+            "value": to_jsonable(child.value),
+            "run_id": child.run_id,
+        }
+
+    def _settings(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "max_depth": self.max_depth,
+            "max_iterations": self.max_iterations,
+            "max_errors": self.max_errors,
+            "max_tokens": self.limits.max_tokens,
+            "max_budget": self.limits.max_budget,
+            "max_timeout": self.limits.max_timeout,
+            "max_subcalls": self.limits.max_subcalls,
+            "max_concurrent_subcalls": self.max_concurrent_subcalls,
+            "max_output_chars": self.max_output_chars,
+            "persistent": self.persistent,
+            "other_models": [c.model_name for c in self.other_clients],
+        }
+
+
+class _Loop:
+    """The turns of one run. Kept apart from `RLM` so its state is plainly per run."""
+
+    def __init__(
+        self,
+        rlm: RLM,
+        tree: _Tree,
+        info: RunInfo,
+        session: Session,
+        env: BaseEnv,
+        model: str | None,
+    ) -> None:
+        self.rlm = rlm
+        self.tree = tree
+        self.info = info
+        self.session = session
+        self.env = env
+        self.model = model
+        self.messages: list[Message] = []
+        self.records: list[RLMIteration] = []
+        self.iteration = 0
+        self.answer_text: str | None = None
+        self.answer_value: Any = None
+        self.best = ""
+        self.stop_reason: StopReason = "max_iterations"
+        self.error: str | None = None
+        self._sent = 0  # messages already sent in an earlier request
+
+    async def run(self, messages: list[Message]) -> None:
+        self.messages = messages
+        budget = self.tree.budget
+        try:
+            async with asyncio.timeout(budget.remaining_time()):
+                await self._turns()
+        except TimeoutError:
+            budget.trip(
+                TimeoutExceededError(f"max_timeout of {budget.limits.max_timeout}s exceeded")
+            )
+            self.stop_reason = "max_timeout"
+        except LimitExceededError as exc:
+            self.stop_reason = exc.stop_reason  # type: ignore[assignment]
+        except RLMError as exc:
+            self.stop_reason = "error"
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    async def _turns(self) -> None:
+        rlm = self.rlm
+        consecutive_errors = 0
+        while self.iteration < rlm.max_iterations:
+            self.iteration += 1
+            self.tree.events.emit("on_iteration_start", self.info, self.iteration)
+            started = time.monotonic()
+            reply, usage = await self._ask()
+            blocks = await self._run_blocks(reply)
+            if self.answer_text is None:
+                await self._final_from_prose(reply, blocks)
+            self._record(reply, blocks, started, usage)
+            if self.answer_text is not None:
+                self.stop_reason = "final_answer"
+                return
+            self.best = strip_code(reply) or self.best
+            consecutive_errors = (
+                consecutive_errors + 1 if any(b.result.error for b in blocks) else 0
+            )
+            if rlm.max_errors is not None and consecutive_errors >= rlm.max_errors:
+                self.stop_reason = "max_errors"
+                return
+            self.tree.budget.check()
+            if blocks:
+                text = feedback_message(
+                    [b.result for b in blocks],
+                    iteration=self.iteration,
+                    max_iterations=rlm.max_iterations,
+                    limit=rlm.max_output_chars,
+                )
+            else:
+                text = no_code_message(
+                    iteration=self.iteration,
+                    max_iterations=rlm.max_iterations,
+                    ignored=ignored_languages(reply),
+                )
+            self.messages.append({"role": "user", "content": text})
+        await self._answer_now()
+
+    async def _answer_now(self) -> None:
+        """Out of turns: one last call asking for the answer; its code still runs."""
+        self.messages.append({"role": "user", "content": ANSWER_NOW})
+        started = time.monotonic()
+        reply, usage = await self._ask()
+        blocks = await self._run_blocks(reply)
+        if self.answer_text is None:
+            await self._final_from_prose(reply, blocks)
+        self._record(reply, blocks, started, usage)
+        if self.answer_text is None:
+            self.best = strip_code(reply) or self.best
+        self.stop_reason = "max_iterations"
+
+    async def _ask(self) -> tuple[str, Usage]:
+        response = await self.rlm.handler.acomplete(
+            list(self.messages),
+            depth=self.info.depth,
+            model=self.model,
+            session=self.session,
+            kind="root",
+        )
+        self.messages.append({"role": "assistant", "content": response.text})
+        return response.text, response.usage
+
+    async def _run_blocks(self, reply: str) -> list[CodeBlock]:
+        blocks: list[CodeBlock] = []
+        for code in find_code_blocks(reply):
+            result = await self._execute(code)
+            blocks.append(CodeBlock(code, result))
+            if self.answer_text is not None or self.tree.budget.tripped is not None:
+                break
+        return blocks
+
+    async def _execute(self, code: str) -> REPLResult:
+        result = await to_thread(self.env.execute, code)
+        result.rlm_calls.extend(self.session.take_records())
+        if result.final_answer is not None and self.answer_text is None:
+            self.answer_text = result.final_answer
+            self.answer_value = result.final_value
+        return result
+
+    async def _final_from_prose(self, reply: str, blocks: list[CodeBlock]) -> None:
+        directive = find_final(reply)
+        if directive is None:
+            return
+        if directive.kind == "text":
+            self.answer_text = self.answer_value = directive.value
+            return
+        if not directive.value.isidentifier():
+            return
+        code = f"FINAL_VAR({directive.value!r})"
+        blocks.append(CodeBlock(code, await self._execute(code)))
+
+    def _record(self, reply: str, blocks: list[CodeBlock], started: float, usage: Usage) -> None:
+        # The prompt of a turn is what this request added: the previous reply is already the
+        # previous record's response, so it is left out and the log stays linear in size.
+        added = [m for m in self.messages[self._sent : -1] if m["role"] != "assistant"]
+        self._sent = len(self.messages)
+        record = RLMIteration(
+            prompt=added,
+            response=reply,
+            code_blocks=blocks,
+            final_answer=self.answer_text,
+            iteration_time=time.monotonic() - started,
+            usage=usage,
+        )
+        self.records.append(record)
+        self.tree.events.emit("on_iteration", self.info, len(self.records), record)
+
+
+# --------------------------------------------------------------------- helpers
+
+
+def validate_context(value: Any) -> None:
+    """A context must be JSON data (str, numbers, lists, dicts): every environment can load it.
+
+    Walks the value instead of serialising it, so a 100 MB string costs nothing to check.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if item is None or isinstance(item, (str, bool, int)):
+            continue
+        if isinstance(item, float):
+            if item != item or item in (float("inf"), float("-inf")):
+                raise ContextLoadError("the prompt cannot be loaded as `context`: NaN/Infinity")
+            continue
+        if isinstance(item, (list, tuple)):
+            stack.extend(item)
+            continue
+        if isinstance(item, dict):
+            if not all(isinstance(k, str) for k in item):
+                raise ContextLoadError(
+                    "the prompt cannot be loaded as `context`: dict keys must be str"
+                )
+            stack.extend(item.values())
+            continue
+        raise ContextLoadError(
+            "the prompt cannot be loaded as `context`: it must be a str, a list of str, a dict, "
+            f"a list of chat messages or other JSON data, not {type(item).__name__}"
+        )
+
+
+def _check_int(name: str, value: Any, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigurationError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _normalise_tools(
+    tools: Mapping[str, Any] | None,
+) -> tuple[dict[str, Callable[..., Any]], dict[str, ToolSpec]]:
+    """Split custom tools into host-side callables and the specs environments see."""
+    callables: dict[str, Callable[..., Any]] = {}
+    specs: dict[str, ToolSpec] = {}
+    for name, entry in (tools or {}).items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ConfigurationError(f"custom tool name {name!r} is not a Python identifier")
+        if name in RESERVED_NAMES or name.startswith(("context_", "history_")):
+            raise ConfigurationError(f"custom tool name {name!r} is reserved by the REPL")
+        description = ""
+        if isinstance(entry, Mapping) and "tool" in entry:
+            description = str(entry.get("description", ""))
+            entry = entry["tool"]
+        if callable(entry):
+            callables[name] = entry
+            specs[name] = ToolSpec(name, description or (entry.__doc__ or "").strip(), True)
+        else:
+            try:
+                json.dumps(entry, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise ConfigurationError(
+                    f"custom tool {name!r} is neither callable nor JSON data ({exc})"
+                ) from exc
+            specs[name] = ToolSpec(name, description, False, entry)
+    return callables, specs
+
+
+def _jsonable_messages(messages: list[Message]) -> list[Message]:
+    return [{"role": m["role"], "content": m["content"]} for m in messages]

@@ -1,0 +1,356 @@
+"""Plain data types shared by the loop, the handler, the clients and the environments.
+
+The public names (`RLMChatCompletion`, `UsageSummary`, `ModelUsageSummary`, `REPLResult`,
+`CodeBlock`, `RLMIteration`, `QueryMetadata`) are the reference implementation's, so code
+written against it keeps working.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, TypeAlias
+
+Message: TypeAlias = dict[str, Any]
+"""A chat message: {"role": "system" | "user" | "assistant", "content": str}."""
+
+Prompt: TypeAlias = str | list[Message]
+
+StopReason: TypeAlias = Literal[
+    "final_answer",
+    "max_iterations",
+    "max_timeout",
+    "max_tokens",
+    "max_budget",
+    "max_errors",
+    "max_subcalls",
+    "cancelled",
+    "error",
+]
+
+
+def to_messages(prompt: Prompt) -> list[Message]:
+    """Normalise a prompt (a string or a list of chat messages) to chat messages."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and "content" in m for m in prompt
+    ):
+        return [dict(m) for m in prompt]
+    raise TypeError("a prompt must be a str or a list of {'role', 'content'} messages")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token usage and cost of one LM call, read from that call's own response."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Usage:
+        return cls(
+            input_tokens=int(data.get("input_tokens", 0)),
+            output_tokens=int(data.get("output_tokens", 0)),
+            cached_tokens=int(data.get("cached_tokens", 0)),
+            cache_write_tokens=int(data.get("cache_write_tokens", 0)),
+            cost=None if data.get("cost") is None else float(data["cost"]),
+        )
+
+
+@dataclass(frozen=True)
+class LMResponse:
+    """One completed LM call."""
+
+    text: str
+    model: str
+    usage: Usage = field(default_factory=Usage)
+    latency: float = 0.0
+    cached: bool = False  # served from the sub-call cache, no provider call made
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "model": self.model,
+            "usage": self.usage.to_dict(),
+            "latency": self.latency,
+            "cached": self.cached,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LMResponse:
+        return cls(
+            text=str(data["text"]),
+            model=str(data.get("model", "")),
+            usage=Usage.from_dict(data.get("usage") or {}),
+            latency=float(data.get("latency", 0.0)),
+            cached=bool(data.get("cached", False)),
+        )
+
+
+@dataclass
+class ModelUsageSummary:
+    total_calls: int = 0
+    total_input_tokens: int = 0
+    total_output_tokens: int = 0
+    total_cached_tokens: int = 0
+    total_cost: float | None = None
+    unpriced_calls: int = 0
+
+    def add(self, usage: Usage) -> None:
+        self.total_calls += 1
+        self.total_input_tokens += usage.input_tokens
+        self.total_output_tokens += usage.output_tokens
+        self.total_cached_tokens += usage.cached_tokens
+        if usage.cost is None:
+            self.unpriced_calls += 1
+        else:
+            self.total_cost = (self.total_cost or 0.0) + usage.cost
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelUsageSummary:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass
+class UsageSummary:
+    """Usage per model name (the model that actually served the calls)."""
+
+    model_usage_summaries: dict[str, ModelUsageSummary] = field(default_factory=dict)
+
+    @property
+    def total_calls(self) -> int:
+        return sum(m.total_calls for m in self.model_usage_summaries.values())
+
+    @property
+    def total_input_tokens(self) -> int:
+        return sum(m.total_input_tokens for m in self.model_usage_summaries.values())
+
+    @property
+    def total_output_tokens(self) -> int:
+        return sum(m.total_output_tokens for m in self.model_usage_summaries.values())
+
+    @property
+    def total_tokens(self) -> int:
+        return self.total_input_tokens + self.total_output_tokens
+
+    @property
+    def total_cost(self) -> float | None:
+        costs = [
+            m.total_cost for m in self.model_usage_summaries.values() if m.total_cost is not None
+        ]
+        return sum(costs) if costs else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_usage_summaries": {
+                k: v.to_dict() for k, v in self.model_usage_summaries.items()
+            },
+            "total_cost": self.total_cost,
+            "total_input_tokens": self.total_input_tokens,
+            "total_output_tokens": self.total_output_tokens,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UsageSummary:
+        models = data.get("model_usage_summaries") or {}
+        return cls({k: ModelUsageSummary.from_dict(v) for k, v in models.items()})
+
+
+class UsageLedger:
+    """Thread-safe usage per model for one run; records also flow to the parent run's ledger.
+
+    A child RLM's ledger has its parent's as `parent`, so the root's summary covers the whole
+    recursion tree while each child's covers its own subtree.
+    """
+
+    def __init__(self, parent: UsageLedger | None = None) -> None:
+        self._parent = parent
+        self._lock = threading.Lock()
+        self._models: dict[str, ModelUsageSummary] = {}
+
+    def record(self, model: str, usage: Usage) -> None:
+        ledger: UsageLedger | None = self
+        while ledger is not None:
+            with ledger._lock:
+                ledger._models.setdefault(model, ModelUsageSummary()).add(usage)
+            ledger = ledger._parent
+
+    def summary(self) -> UsageSummary:
+        with self._lock:
+            return UsageSummary(
+                {k: ModelUsageSummary(**asdict(v)) for k, v in self._models.items()}
+            )
+
+
+@dataclass
+class SubcallRecord:
+    """One request a cell made to the LMHandler (an LM call, a child RLM or a tool)."""
+
+    kind: Literal["llm", "rlm", "tool"]
+    depth: int
+    model: str
+    prompt_preview: str
+    response: str
+    usage: Usage
+    started: float
+    ended: float
+    error: str | None = None
+    id: str = ""
+    parent_id: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["usage"] = self.usage.to_dict()
+        return data
+
+
+@dataclass
+class REPLResult:
+    """What one code cell did."""
+
+    stdout: str = ""
+    stderr: str = ""
+    locals: dict[str, str] = field(default_factory=dict)  # name -> short type/repr summary
+    execution_time: float = 0.0
+    rlm_calls: list[SubcallRecord] = field(default_factory=list)
+    final_answer: str | None = None
+    final_value: Any = None  # the value FINAL/FINAL_VAR/answer returned, JSON-compatible
+    error: str | None = None  # "ExceptionType: message" when the cell raised
+    timed_out: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "locals": dict(self.locals),
+            "execution_time": self.execution_time,
+            "rlm_calls": [c.to_dict() for c in self.rlm_calls],
+            "final_answer": self.final_answer,
+            "error": self.error,
+            "timed_out": self.timed_out,
+        }
+
+
+@dataclass
+class CodeBlock:
+    code: str
+    result: REPLResult
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "result": self.result.to_dict()}
+
+
+@dataclass
+class RLMIteration:
+    """One root turn: the messages added since the previous request, the reply, its cells."""
+
+    prompt: list[Message]
+    response: str
+    code_blocks: list[CodeBlock]
+    final_answer: str | None
+    iteration_time: float
+    usage: Usage = field(default_factory=Usage)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt": [dict(m) for m in self.prompt],
+            "response": self.response,
+            "code_blocks": [b.to_dict() for b in self.code_blocks],
+            "final_answer": self.final_answer,
+            "iteration_time": self.iteration_time,
+            "usage": self.usage.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class QueryMetadata:
+    """What the root LM is told about `context`: its type and sizes, never its content."""
+
+    context_type: str
+    context_total_length: int
+    context_lengths: list[int]
+
+    @classmethod
+    def of(cls, context: Any) -> QueryMetadata:
+        if isinstance(context, str):
+            return cls("str", len(context), [len(context)])
+        if isinstance(context, dict):
+            lengths = [_length(v) for v in context.values()]
+            return cls("dict", sum(lengths), lengths)
+        if isinstance(context, Sequence) and not isinstance(context, (bytes, bytearray)):
+            lengths = [_length(v) for v in context]
+            return cls(type(context).__name__, sum(lengths), lengths)
+        n = _length(context)
+        return cls(type(context).__name__, n, [n])
+
+
+def _length(value: Any) -> int:
+    """Size of one chunk in characters: len() of a string, else of its JSON text."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return len(value["content"])
+    try:
+        return len(json.dumps(value, default=str))
+    except (TypeError, ValueError):
+        return len(repr(value))
+
+
+@dataclass
+class RLMChatCompletion:
+    """The result of `RLM.completion()`."""
+
+    root_model: str
+    prompt: Any
+    response: str
+    usage_summary: UsageSummary
+    execution_time: float
+    metadata: dict[str, Any] | None = None
+    stop_reason: StopReason = "final_answer"
+    error: str | None = None
+    value: Any = None  # the typed answer (FINAL_VAR of a dict or list keeps it here)
+    run_id: str = ""
+    iterations: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "root_model": self.root_model,
+            "prompt": self.prompt,
+            "response": self.response,
+            "usage_summary": self.usage_summary.to_dict(),
+            "execution_time": self.execution_time,
+            "metadata": self.metadata,
+            "stop_reason": self.stop_reason,
+            "error": self.error,
+            "value": self.value,
+            "run_id": self.run_id,
+            "iterations": self.iterations,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RLMChatCompletion:
+        return cls(
+            root_model=data["root_model"],
+            prompt=data.get("prompt"),
+            response=data["response"],
+            usage_summary=UsageSummary.from_dict(data.get("usage_summary") or {}),
+            execution_time=float(data.get("execution_time", 0.0)),
+            metadata=data.get("metadata"),
+            stop_reason=data.get("stop_reason", "final_answer"),
+            error=data.get("error"),
+            value=data.get("value"),
+            run_id=data.get("run_id", ""),
+            iterations=int(data.get("iterations", 0)),
+        )

@@ -1,0 +1,87 @@
+"""`BaseEnv`: the REPL an RLM's code runs in.
+
+An environment holds the `context`, runs code cells, and gives the code helpers (`llm_query`,
+`rlm_query`, custom tools, ...) that are protocol requests to the LMHandler at `handler`. The
+loop never calls a model on the environment's behalf: every sub-call goes through the handler,
+whatever the environment, which is what keeps limits and accounting host-side.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from rlm.core.types import Message, REPLResult
+
+DEFAULT_CELL_TIMEOUT = 120.0
+DEFAULT_MAX_OUTPUT_CHARS = 20_000
+
+
+@dataclass(frozen=True)
+class HandlerEndpoint:
+    """Where and how an environment reaches the LMHandler. `token` is secret: never log it."""
+
+    host: str
+    port: int
+    token: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A custom tool as the environment sees it: callables run host-side, values are JSON data."""
+
+    name: str
+    description: str = ""
+    callable: bool = True
+    value: Any = None
+
+
+class BaseEnv(ABC):
+    """A REPL session. Subclasses: `LocalREPL` (in-process) and the isolated sandboxes.
+
+    Constructor keywords every environment accepts (the loop passes them; user
+    `environment_kwargs` are merged in): `handler`, `depth`, `timeout` (seconds per cell),
+    `max_output_chars` (per-stream capture cap), `tools`. Unknown keywords are a
+    `ConfigurationError`, never silently ignored.
+    """
+
+    name: ClassVar[str] = "base"
+    isolated: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        *,
+        handler: HandlerEndpoint | None = None,
+        depth: int = 0,
+        timeout: float | None = DEFAULT_CELL_TIMEOUT,
+        max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
+        tools: Mapping[str, ToolSpec] | None = None,
+    ) -> None:
+        self.handler = handler
+        self.depth = depth
+        self.timeout = timeout
+        self.max_output_chars = max_output_chars
+        self.tools: dict[str, ToolSpec] = dict(tools or {})
+
+    @abstractmethod
+    def load_context(self, context: Any, index: int = 0) -> None:
+        """Bind `context_{index}` (`context` is `context_0`); `ContextLoadError` on failure."""
+
+    @abstractmethod
+    def execute(self, code: str) -> REPLResult:
+        """Run one cell; never raises for errors in the code itself (they go to stderr/error)."""
+
+    def add_history(self, history: list[Message], index: int = 0) -> None:
+        """Bind `history_{index}` (and `history` to the newest) for persistent sessions."""
+        raise NotImplementedError(f"environment {self.name!r} does not keep histories")
+
+    def cleanup(self) -> None:  # noqa: B027 - optional hook
+        """Release everything the environment holds (processes, containers, temp files)."""
+
+    def __enter__(self) -> BaseEnv:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()

@@ -1,0 +1,381 @@
+"""The LMHandler wire protocol: length-prefixed JSON frames, and the client used inside REPLs.
+
+A frame is a 4-byte big-endian length, then that many bytes of strict UTF-8 JSON holding one
+object (see docs/protocol.md). This module is shipped into sandboxes next to `rlm/errors.py`,
+so it imports only the standard library and `rlm.errors`.
+
+Every reader checks the declared length against the cap before it buffers the body, decodes
+UTF-8 strictly before parsing (``json.loads(bytes)`` would guess UTF-16/32), rejects NaN and
+Infinity, and turns deep nesting and over-long integers into `ProtocolError` instead of leaking
+`RecursionError`/`ValueError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import itertools
+import json
+import socket
+import struct
+import threading
+from typing import Any
+
+from rlm.errors import (
+    AuthenticationError,
+    FrameTooLargeError,
+    IncompleteFrameError,
+    ProtocolError,
+    RemoteError,
+)
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 64 * 2**20
+HEADER = struct.Struct(">I")
+_HEADER_MAX = 2**32 - 1
+_RECV_CHUNK = 1 << 20
+
+
+def _check_cap(length: int, max_frame_bytes: int) -> None:
+    if length > max_frame_bytes:
+        raise FrameTooLargeError(f"frame of {length} bytes is over the cap of {max_frame_bytes}")
+
+
+def encode_frame(obj: dict[str, Any], max_frame_bytes: int = MAX_FRAME_BYTES) -> bytes:
+    """Header + JSON body of one message; refuses anything the peer would have to reject."""
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"a frame must hold a JSON object, not {type(obj).__name__}")
+    try:
+        try:
+            body = json.dumps(obj, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+            data = body.encode("utf-8")
+        except UnicodeEncodeError:
+            # Lone surrogates cannot be UTF-8; \u escapes carry them as valid JSON instead.
+            data = json.dumps(obj, allow_nan=False, separators=(",", ":")).encode("ascii")
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ProtocolError(f"message is not encodable as JSON: {exc}") from exc
+    _check_cap(len(data), min(max_frame_bytes, _HEADER_MAX))
+    return HEADER.pack(len(data)) + data
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def decode_payload(data: bytes | bytearray | memoryview) -> dict[str, Any]:
+    """Parse one frame body: strict UTF-8, strict JSON, a top-level object."""
+    try:
+        text = bytes(data).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"frame is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ProtocolError("frame JSON is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, NaN/Infinity, the int-digits limit
+        raise ProtocolError(f"frame is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"frame must hold a JSON object, not {type(obj).__name__}")
+    return obj
+
+
+class FrameDecoder:
+    """Incremental decoder: feed it bytes as they arrive, get back whole messages only.
+
+    The buffer never holds more than one header or one frame body (at most the cap), because
+    the declared length is checked before any body byte is kept. After an error the stream is
+    out of sync, so every later `feed` raises too.
+    """
+
+    def __init__(self, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._buf = bytearray()
+        self._need: int | None = None  # body length once the header has been read
+        self._error: ProtocolError | None = None
+
+    @property
+    def pending(self) -> int:
+        """Bytes received but not yet delivered (a partial header or body)."""
+        return len(self._buf) + (HEADER.size if self._need is not None else 0)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[dict[str, Any]]:
+        if self._error is not None:
+            raise ProtocolError(f"decoder stopped after an earlier error: {self._error}")
+        try:
+            return self._feed(memoryview(data).cast("B"))
+        except ProtocolError as exc:
+            self._error = exc
+            self._buf = bytearray()
+            self._need = None
+            raise
+
+    def _feed(self, view: memoryview) -> list[dict[str, Any]]:
+        frames: list[dict[str, Any]] = []
+        while view:
+            if self._need is None:
+                take = HEADER.size - len(self._buf)
+                self._buf += view[:take]
+                view = view[take:]
+                if len(self._buf) < HEADER.size:
+                    break
+                (length,) = HEADER.unpack(self._buf)
+                _check_cap(length, self.max_frame_bytes)
+                self._buf.clear()
+                self._need = length
+            take = self._need - len(self._buf)
+            self._buf += view[:take]
+            view = view[take:]
+            if len(self._buf) < self._need:
+                break
+            body = bytes(self._buf)
+            self._buf.clear()
+            self._need = None
+            frames.append(decode_payload(body))
+        return frames
+
+
+def _recv_exactly(sock: socket.socket, n: int, *, frame_start: bool) -> bytearray | None:
+    """Read exactly n bytes, growing the buffer as bytes arrive (never trusting n up front)."""
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(min(n - len(buf), _RECV_CHUNK))
+        if not chunk:
+            if frame_start and not buf:
+                return None
+            raise IncompleteFrameError(n, len(buf))
+        buf += chunk
+    return buf
+
+
+def send_frame(
+    sock: socket.socket, obj: dict[str, Any], max_frame_bytes: int = MAX_FRAME_BYTES
+) -> None:
+    """Send one message on a blocking socket."""
+    sock.sendall(encode_frame(obj, max_frame_bytes))
+
+
+def recv_frame(
+    sock: socket.socket, max_frame_bytes: int = MAX_FRAME_BYTES
+) -> dict[str, Any] | None:
+    """Read one message from a blocking socket; None on a clean EOF between frames."""
+    header = _recv_exactly(sock, HEADER.size, frame_start=True)
+    if header is None:
+        return None
+    (length,) = HEADER.unpack(header)
+    _check_cap(length, max_frame_bytes)
+    body = _recv_exactly(sock, length, frame_start=False) if length else bytearray()
+    assert body is not None
+    return decode_payload(body)
+
+
+async def read_frame(
+    reader: asyncio.StreamReader,
+    max_frame_bytes: int = MAX_FRAME_BYTES,
+    frame_timeout: float | None = None,
+) -> dict[str, Any] | None:
+    """Read one message; None on a clean EOF between frames.
+
+    Waits as long as it takes for a frame to begin; from its first byte the whole frame must
+    arrive within `frame_timeout` (one deadline, so a byte-at-a-time sender cannot stretch it).
+    """
+    try:
+        first = await reader.readexactly(1)
+    except asyncio.IncompleteReadError:
+        return None
+    try:
+        async with asyncio.timeout(frame_timeout):
+            try:
+                rest = await reader.readexactly(HEADER.size - 1)
+            except asyncio.IncompleteReadError as exc:
+                raise IncompleteFrameError(HEADER.size, 1 + len(exc.partial)) from None
+            (length,) = HEADER.unpack(first + rest)
+            _check_cap(length, max_frame_bytes)
+            try:
+                body = await reader.readexactly(length)
+            except asyncio.IncompleteReadError as exc:
+                raise IncompleteFrameError(length, len(exc.partial)) from None
+    except TimeoutError:
+        raise ProtocolError(f"frame not completed within {frame_timeout}s") from None
+    return decode_payload(body)
+
+
+class Connection:
+    """Thread-safe, multiplexed client of the LMHandler, used by code running in a REPL.
+
+    Many threads may call `request` at once: each request gets its own id, writes are
+    serialised, and one reader thread routes responses to their futures by id. When the
+    connection dies every pending and later request fails with `ProtocolError`.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        token: str,
+        *,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
+        hello_timeout: float | None = 10.0,
+    ) -> None:
+        self._sock = sock
+        self.max_frame_bytes = max_frame_bytes
+        self.depth = 0
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._pending: dict[int, concurrent.futures.Future[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        self._error: ProtocolError | None = None
+        self._closed = False
+        try:
+            self._hello(token, hello_timeout)
+        except BaseException:
+            self._close_socket()
+            raise
+        self._reader = threading.Thread(
+            target=self._read_loop, name="rlm-protocol-reader", daemon=True
+        )
+        self._reader.start()
+
+    @classmethod
+    def connect(cls, host: str, port: int, token: str, timeout: float = 10.0) -> Connection:
+        sock = socket.create_connection((host, port), timeout=timeout)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(sock, token, hello_timeout=timeout)
+
+    @classmethod
+    def connect_unix(cls, path: str, token: str, timeout: float = 10.0) -> Connection:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(path)
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock, token, hello_timeout=timeout)
+
+    def _hello(self, token: str, timeout: float | None) -> None:
+        self._sock.settimeout(timeout)
+        hello = {"type": "hello", "token": token, "version": PROTOCOL_VERSION}
+        try:
+            send_frame(self._sock, hello, self.max_frame_bytes)
+            reply = recv_frame(self._sock, self.max_frame_bytes)
+        except TimeoutError:
+            raise ProtocolError(f"no hello reply from the LMHandler within {timeout}s") from None
+        if reply is None:
+            raise AuthenticationError("the LMHandler closed the connection during the hello")
+        if reply.get("type") != "hello" or reply.get("ok") is not True:
+            error = reply.get("error")
+            message = error.get("message") if isinstance(error, dict) else None
+            raise AuthenticationError(f"the LMHandler refused the hello: {message or reply!r}")
+        depth = reply.get("depth", 0)
+        self.depth = depth if isinstance(depth, int) and not isinstance(depth, bool) else 0
+        self._sock.settimeout(None)
+
+    def submit(self, payload: dict[str, Any]) -> concurrent.futures.Future[dict[str, Any]]:
+        """Send one request; the future gets its result or a typed error."""
+        if not isinstance(payload, dict):
+            raise TypeError(f"a request must be a dict, not {type(payload).__name__}")
+        future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+        future.set_running_or_notify_cancel()  # requests cannot be withdrawn once sent
+        request_id = next(self._ids)  # itertools.count is atomic under the GIL
+        frame = encode_frame({**payload, "id": request_id}, self.max_frame_bytes)
+        with self._lock:
+            if self._error is not None:
+                future.set_exception(self._error)
+                return future
+            self._pending[request_id] = future
+        try:
+            with self._write_lock:
+                self._sock.sendall(frame)
+        except OSError as exc:
+            self._fail(ProtocolError(f"connection to the LMHandler lost: {exc}"))
+        return future
+
+    def request(self, payload: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        return self.submit(payload).result(timeout)
+
+    @property
+    def closed(self) -> bool:
+        with self._lock:
+            return self._error is not None
+
+    def _read_loop(self) -> None:
+        decoder = FrameDecoder(self.max_frame_bytes)
+        error: ProtocolError
+        try:
+            while True:
+                data = self._sock.recv(_RECV_CHUNK)
+                if not data:
+                    if decoder.pending:
+                        error = ProtocolError("the LMHandler closed the connection mid-frame")
+                    else:
+                        error = ProtocolError("the LMHandler closed the connection")
+                    break
+                for message in decoder.feed(data):
+                    self._dispatch(message)
+        except ProtocolError as exc:
+            error = exc
+        except OSError as exc:
+            error = ProtocolError(f"connection to the LMHandler lost: {exc}")
+        except Exception as exc:  # never leave requests waiting on a dead reader
+            error = ProtocolError(f"protocol reader failed: {exc!r}")
+        self._fail(error)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        request_id = message.get("id")
+        error = message.get("error")
+        if request_id is None:
+            kind = error.get("type") if isinstance(error, dict) else None
+            text = error.get("message") if isinstance(error, dict) else repr(message)
+            raise ProtocolError(f"the LMHandler reported {kind or 'an error'}: {text}")
+        with self._lock:
+            future = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
+        if future is None:
+            return  # not ours (already failed); nothing is waiting for it
+        if error is not None:
+            if isinstance(error, dict):
+                future.set_exception(
+                    RemoteError(str(error.get("type", "RemoteError")), str(error.get("message")))
+                )
+            else:
+                future.set_exception(ProtocolError(f"malformed error in response: {error!r}"))
+        elif isinstance(message.get("result"), dict):
+            future.set_result(message["result"])
+        else:
+            future.set_exception(ProtocolError("response carries neither a result nor an error"))
+
+    def _fail(self, error: ProtocolError) -> None:
+        with self._lock:
+            if self._error is None:
+                self._error = error
+            pending = list(self._pending.values())
+            self._pending.clear()
+        for future in pending:
+            future.set_exception(self._error)
+
+    def close(self) -> None:
+        """Close the connection; pending requests fail with `ProtocolError`. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._fail(ProtocolError("connection closed"))
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        if threading.current_thread() is not self._reader:
+            self._reader.join(timeout=5.0)
+        self._close_socket()
+
+    def _close_socket(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"Connection(depth={self.depth}, {state})"
