@@ -1,0 +1,213 @@
+"""Anthropic Messages over the official `anthropic` SDK, with prompt caching on by default.
+
+System messages go to the top-level `system`; consecutive turns of one role are merged (the
+API wants alternation). With `prompt_caching` (the default) two `cache_control` breakpoints mark
+the stable prefix: the last system block, and the last block of the last message, which rolls
+forward as the append-only root history grows, so each request reads what the previous wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from rlm._optional import require
+from rlm.clients._http_errors import check_options, resolve_api_key, sdk_error
+from rlm.clients.base import BaseLM
+from rlm.core.types import LMResponse, Message, Usage
+
+DEFAULT_MAX_TOKENS = 4096
+MAX_CACHE_BREAKPOINTS = 4
+EPHEMERAL: dict[str, str] = {"type": "ephemeral"}
+# OpenAI-only sampling names that Anthropic would reject; dropped so one `sampling_args`
+# dict can serve several backends. Streaming is not used: a call returns one whole message.
+_UNSUPPORTED = frozenset(
+    {"seed", "prompt_cache_key", "n", "presence_penalty", "frequency_penalty", "stream"}
+)
+_UNCACHEABLE_BLOCKS = frozenset({"thinking", "redacted_thinking"})
+
+
+class AnthropicClient(BaseLM):
+    """Claude over the Messages API.
+
+    `sampling_args`: `max_tokens` (default 4096; the API requires it), `stop` (sent as
+    `stop_sequences`), `temperature`, `top_p`, `top_k`, `thinking`, ...; names this SDK version
+    does not know are sent in `extra_body`.
+    """
+
+    provider: ClassVar[str] = "anthropic"
+
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        prompt_caching: bool = True,
+        client_kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        check_options(self.provider, options)
+        super().__init__(model_name, **options)
+        self._sdk = require("anthropic", extra="anthropic")
+        self._api_key = resolve_api_key(self.provider, api_key, "ANTHROPIC_API_KEY")
+        self.base_url = base_url
+        self.default_headers = dict(default_headers or {})
+        self.prompt_caching = prompt_caching
+        self.client_kwargs = dict(client_kwargs or {})
+        self._client: Any = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._create_params: frozenset[str] = frozenset()
+
+    def _sdk_client(self) -> Any:
+        """The SDK client, built once, on the loop of the first call."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
+            # An SDK client is bound to the loop it first ran on. rlm makes every call on its
+            # one shared loop, so this rebuilds only for a caller awaiting from another loop.
+            self._client_loop = loop
+            kwargs: dict[str, Any] = {
+                "api_key": self._api_key,
+                "timeout": self.timeout,
+                "max_retries": 0,
+                **self.client_kwargs,
+            }
+            if self.base_url:
+                kwargs["base_url"] = self.base_url
+            if self.default_headers:
+                kwargs["default_headers"] = self.default_headers
+            self._client = self._sdk.AsyncAnthropic(**kwargs)
+            self._create_params = frozenset(
+                inspect.signature(self._client.messages.create).parameters
+            )
+        return self._client
+
+    def _request(self, messages: list[Message], sampling: Mapping[str, Any]) -> dict[str, Any]:
+        system, turns = to_anthropic(messages, caching=self.prompt_caching)
+        args = {k: v for k, v in sampling.items() if k not in _UNSUPPORTED}
+        if "max_completion_tokens" in args:
+            args.setdefault("max_tokens", args.pop("max_completion_tokens"))
+        args.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
+        if "stop" in args:
+            stop = args.pop("stop")
+            if stop:
+                args.setdefault("stop_sequences", [stop] if isinstance(stop, str) else list(stop))
+        extra_body = dict(args.pop("extra_body", None) or {})
+        request: dict[str, Any] = {"model": self.model_name, "messages": turns}
+        if system:
+            request["system"] = system
+        for name, value in args.items():
+            if name in self._create_params and name not in ("model", "messages"):
+                request[name] = value
+            else:
+                extra_body[name] = value
+        if extra_body:
+            request["extra_body"] = extra_body
+        return request
+
+    async def _acomplete(self, messages: list[Message], sampling: dict[str, Any]) -> LMResponse:
+        client = self._sdk_client()
+        request = self._request(messages, sampling)
+        try:
+            response = await client.messages.create(**request)
+        except Exception as exc:
+            error = sdk_error(
+                self.provider,
+                exc,
+                status_error_cls=self._sdk.APIStatusError,
+                connection_error_cls=self._sdk.APIConnectionError,
+                base_cls=self._sdk.AnthropicError,
+            )
+            if error is None:
+                raise
+            raise error from exc
+        text = "".join(
+            block.text
+            for block in (getattr(response, "content", None) or [])
+            if getattr(block, "type", None) == "text"
+        )
+        model = getattr(response, "model", None) or self.model_name
+        return LMResponse(text, str(model), anthropic_usage(getattr(response, "usage", None)))
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+
+def to_anthropic(
+    messages: list[Message], *, caching: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(system blocks, alternating turns) for the Messages API, breakpoints added if `caching`.
+
+    The caller's messages are never mutated: blocks are copied before a marker is added.
+    """
+    system: list[dict[str, Any]] = []
+    turns: list[dict[str, Any]] = []
+    for message in messages:
+        blocks = _blocks(message.get("content"))
+        if not blocks:
+            continue
+        role = message["role"]
+        if role in ("system", "developer"):
+            system.extend(blocks)
+            continue
+        role = "assistant" if role == "assistant" else "user"
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+    if caching:
+        budget = MAX_CACHE_BREAKPOINTS - sum(
+            1
+            for block in [*system, *(b for t in turns for b in t["content"])]
+            if "cache_control" in block
+        )
+        targets = [system[-1]] if system else []
+        if turns:
+            targets.append(turns[-1]["content"][-1])
+        for block in targets:
+            if budget <= 0:
+                break
+            if "cache_control" not in block and block.get("type") not in _UNCACHEABLE_BLOCKS:
+                block["cache_control"] = dict(EPHEMERAL)
+                budget -= 1
+    return system, turns
+
+
+def _blocks(content: Any) -> list[dict[str, Any]]:
+    """Content as a list of fresh block dicts; empty text is dropped (the API rejects it)."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    if isinstance(content, list):
+        out: list[dict[str, Any]] = []
+        for part in content:
+            if isinstance(part, str):
+                if part:
+                    out.append({"type": "text", "text": part})
+            elif isinstance(part, Mapping):
+                if part.get("type") == "text" and not part.get("text"):
+                    continue
+                out.append(dict(part))
+        return out
+    return [{"type": "text", "text": str(content)}]
+
+
+def anthropic_usage(usage: Any) -> Usage:
+    """Usage of one message; input counts every prompt token (fresh + cache read + written)."""
+    if usage is None:
+        return Usage()
+    fresh = getattr(usage, "input_tokens", None) or 0
+    read = getattr(usage, "cache_read_input_tokens", None) or 0
+    written = getattr(usage, "cache_creation_input_tokens", None) or 0
+    return Usage(
+        input_tokens=fresh + read + written,
+        output_tokens=getattr(usage, "output_tokens", None) or 0,
+        cached_tokens=read,
+        cache_write_tokens=written,
+    )

@@ -1,0 +1,163 @@
+"""`BaseLM`: what every provider client implements, and what they share.
+
+A client is created once per configured backend and lives as long as its `RLM` (one SDK client,
+one connection pool). `acompletion` is the primitive; `completion` runs it on the shared loop.
+The base class owns what must behave the same for every provider: normalising prompts, merging
+sampling arguments, retries with exponential backoff and jitter (honouring Retry-After), the
+adaptive concurrency limit, and pricing calls that the provider did not price.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from rlm.clients.pricing import price_usage
+from rlm.core.aio import on_loop, run_sync
+from rlm.core.types import LMResponse, Message, Prompt, Usage, to_messages
+from rlm.errors import ConfigurationError, ProviderError
+
+DEFAULT_TIMEOUT = 300.0
+DEFAULT_MAX_RETRIES = 4
+DEFAULT_MAX_CONCURRENCY = 128
+
+
+class AdaptiveLimiter:
+    """Bounds requests in flight: halved on a rate limit, grown back by one per success.
+
+    Built lazily inside the running loop (asyncio primitives bind to the loop that first uses them).
+    """
+
+    def __init__(self, maximum: int) -> None:
+        if maximum < 1:
+            raise ConfigurationError(f"max_concurrency must be >= 1, got {maximum}")
+        self.maximum = maximum
+        self.limit = maximum
+        self.in_flight = 0
+        self._cond: asyncio.Condition | None = None
+
+    def _condition(self) -> asyncio.Condition:
+        if self._cond is None:
+            self._cond = asyncio.Condition()
+        return self._cond
+
+    async def acquire(self) -> None:
+        cond = self._condition()
+        async with cond:
+            await cond.wait_for(lambda: self.in_flight < self.limit)
+            self.in_flight += 1
+
+    async def release(self, *, rate_limited: bool) -> None:
+        cond = self._condition()
+        async with cond:
+            self.in_flight -= 1
+            if rate_limited:
+                self.limit = max(1, self.limit // 2)
+            elif self.limit < self.maximum:
+                self.limit += 1
+            cond.notify_all()
+
+
+class BaseLM(ABC):
+    """A language-model client. Subclasses implement `_acomplete` for one provider."""
+
+    provider: ClassVar[str] = "base"
+
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        sampling_args: Mapping[str, Any] | None = None,
+        prices: Mapping[str, float] | None = None,
+        retry_base_delay: float = 0.5,
+        retry_max_delay: float = 30.0,
+    ) -> None:
+        if not model_name:
+            raise ConfigurationError(f"{self.provider}: model_name is required")
+        self.model_name = model_name
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.sampling_args: dict[str, Any] = dict(sampling_args or {})
+        self.prices = dict(prices) if prices else None
+        self.retry_base_delay = retry_base_delay
+        self.retry_max_delay = retry_max_delay
+        self.limiter = AdaptiveLimiter(max_concurrency)
+
+    @abstractmethod
+    async def _acomplete(self, messages: list[Message], sampling: dict[str, Any]) -> LMResponse:
+        """One request to the provider. Translate SDK errors to `ProviderError` here."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release the SDK client's connections. Override when there is something to close."""
+
+    async def acompletion(self, prompt: Prompt, **sampling: Any) -> LMResponse:
+        """Complete a prompt: retries, concurrency limit and pricing included."""
+        messages = to_messages(prompt)
+        args = {**self.sampling_args, **sampling}
+        attempt = 0
+        while True:
+            await self.limiter.acquire()
+            rate_limited = False
+            started = time.monotonic()
+            try:
+                response = await self._acomplete(messages, args)
+            except ProviderError as exc:
+                rate_limited = exc.status_code == 429
+                if not exc.retryable or attempt >= self.max_retries:
+                    raise
+                delay = self._backoff(attempt, exc.retry_after)
+            else:
+                if response.latency == 0.0:
+                    response = LMResponse(
+                        response.text,
+                        response.model,
+                        response.usage,
+                        time.monotonic() - started,
+                        response.cached,
+                    )
+                return self._priced(response)
+            finally:
+                await self.limiter.release(rate_limited=rate_limited)
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    def completion(self, prompt: Prompt, **sampling: Any) -> LMResponse:
+        """Synchronous `acompletion` (runs on the shared rlm event loop)."""
+        return run_sync(on_loop(self.acompletion(prompt, **sampling)))
+
+    def close(self) -> None:
+        run_sync(on_loop(self.aclose()))
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Exponential backoff with full jitter; a provider's Retry-After wins when it is longer."""
+        ceiling = min(self.retry_max_delay, self.retry_base_delay * (2**attempt))
+        delay = random.uniform(0, ceiling)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.retry_max_delay))
+        return delay
+
+    def _priced(self, response: LMResponse) -> LMResponse:
+        if response.usage.cost is not None:
+            return response
+        cost = price_usage(response.model or self.model_name, response.usage, self.prices)
+        if cost is None:
+            return response
+        usage = response.usage
+        priced = Usage(
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cached_tokens,
+            usage.cache_write_tokens,
+            cost,
+        )
+        return LMResponse(response.text, response.model, priced, response.latency, response.cached)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model_name={self.model_name!r})"

@@ -1,0 +1,213 @@
+"""OpenAI chat completions over the official `openai` SDK, plus OpenRouter and vLLM presets.
+
+One `AsyncOpenAI` per client object, created on the first call (on the shared rlm loop) and
+reused for its whole life. The SDK's own retries are off: `BaseLM` retries, with the adaptive
+concurrency limit seeing every 429.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from rlm._optional import require
+from rlm.clients._http_errors import check_options, openai_style_error, resolve_api_key
+from rlm.clients.base import BaseLM
+from rlm.core.types import LMResponse, Message, Usage
+from rlm.errors import ProviderError
+
+
+class OpenAIClient(BaseLM):
+    """OpenAI (or any OpenAI-compatible server given `base_url`).
+
+    `sampling_args` use the chat-completions names (`temperature`, `top_p`, `seed`, `stop`,
+    `prompt_cache_key`, ...); `max_tokens` is sent as `max_completion_tokens`, the name current
+    OpenAI models require. Names the SDK does not know travel in `extra_body`.
+    """
+
+    provider: ClassVar[str] = "openai"
+    env_key: ClassVar[str | None] = "OPENAI_API_KEY"
+    default_api_key: ClassVar[str | None] = None
+    default_base_url: ClassVar[str | None] = None
+    max_tokens_field: ClassVar[str] = "max_completion_tokens"
+    reports_cost: ClassVar[bool] = False
+    extra: ClassVar[str] = "openai"
+
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        client_kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        check_options(self.provider, options)
+        super().__init__(model_name, **options)
+        self._sdk = require("openai", extra=self.extra)
+        self._api_key = resolve_api_key(
+            self.provider, api_key, self.env_key, default=self.default_api_key
+        )
+        self.base_url = base_url or self.default_base_url
+        self.default_headers = dict(default_headers or {})
+        self.client_kwargs = dict(client_kwargs or {})
+        self._client: Any = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._create_params: frozenset[str] = frozenset()
+
+    def _make_client(self) -> Any:
+        kwargs: dict[str, Any] = {
+            "api_key": self._api_key,
+            "timeout": self.timeout,
+            "max_retries": 0,
+            **self.client_kwargs,
+        }
+        if self.base_url:
+            kwargs["base_url"] = self.base_url
+        if self.default_headers:
+            kwargs["default_headers"] = self.default_headers
+        return self._sdk.AsyncOpenAI(**kwargs)
+
+    def _sdk_client(self) -> Any:
+        """The SDK client, built once, on the loop of the first call."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
+            # An SDK client is bound to the loop it first ran on. rlm makes every call on its
+            # one shared loop, so this rebuilds only for a caller awaiting from another loop.
+            self._client_loop = loop
+            self._client = self._make_client()
+            create = self._client.chat.completions.create
+            self._create_params = frozenset(inspect.signature(create).parameters)
+        return self._client
+
+    def _model_param(self) -> str:
+        return self.model_name
+
+    def _request(self, messages: list[Message], sampling: Mapping[str, Any]) -> dict[str, Any]:
+        """The `create()` keyword arguments: known names direct, the rest in `extra_body`."""
+        args = dict(sampling)
+        args.pop("stream", None)  # a call returns one whole completion
+        if (
+            "max_tokens" in args
+            and self.max_tokens_field != "max_tokens"
+            and self.max_tokens_field not in args
+        ):
+            args[self.max_tokens_field] = args.pop("max_tokens")
+        extra_body = dict(args.pop("extra_body", None) or {})
+        request: dict[str, Any] = {"model": self._model_param(), "messages": messages}
+        for name, value in args.items():
+            if name in self._create_params and name not in ("model", "messages"):
+                request[name] = value
+            else:
+                extra_body[name] = value
+        if extra_body:
+            request["extra_body"] = extra_body
+        return request
+
+    async def _acomplete(self, messages: list[Message], sampling: dict[str, Any]) -> LMResponse:
+        client = self._sdk_client()
+        request = self._request(messages, sampling)
+        try:
+            response = await client.chat.completions.create(**request)
+        except Exception as exc:
+            error = openai_style_error(self.provider, exc, self._sdk)
+            if error is None:
+                raise
+            raise error from exc
+        return chat_completion_response(
+            response, self.model_name, provider=self.provider, reports_cost=self.reports_cost
+        )
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+
+class OpenRouterClient(OpenAIClient):
+    """OpenRouter: OpenAI-compatible; the cost it reports in `usage.cost` is used as is."""
+
+    provider: ClassVar[str] = "openrouter"
+    env_key: ClassVar[str | None] = "OPENROUTER_API_KEY"
+    default_base_url: ClassVar[str | None] = "https://openrouter.ai/api/v1"
+    max_tokens_field: ClassVar[str] = "max_tokens"
+    reports_cost: ClassVar[bool] = True
+
+
+class VLLMClient(OpenAIClient):
+    """A vLLM (or other local OpenAI-compatible) server; no key needed ("EMPTY" is sent)."""
+
+    provider: ClassVar[str] = "vllm"
+    env_key: ClassVar[str | None] = None
+    default_api_key: ClassVar[str | None] = "EMPTY"
+    default_base_url: ClassVar[str | None] = "http://localhost:8000/v1"
+    max_tokens_field: ClassVar[str] = "max_tokens"
+
+    def __init__(self, model_name: str, *, base_url: str | None = None, **kwargs: Any) -> None:
+        super().__init__(model_name, base_url=base_url or os.environ.get("VLLM_BASE_URL"), **kwargs)
+
+
+def chat_completion_response(
+    response: Any, fallback_model: str, *, provider: str, reports_cost: bool = False
+) -> LMResponse:
+    """An `LMResponse` from an OpenAI-shaped chat completion (OpenAI, Portkey, LiteLLM)."""
+    choices = getattr(response, "choices", None) or []
+    text = ""
+    if choices:
+        message = getattr(choices[0], "message", None)
+        text = content_text(getattr(message, "content", None))
+    elif getattr(response, "error", None):
+        raise ProviderError(f"no choices in the response: {response.error}", provider=provider)
+    model = getattr(response, "model", None) or fallback_model
+    return LMResponse(text, str(model), chat_usage(getattr(response, "usage", None), reports_cost))
+
+
+def content_text(content: Any) -> str:
+    """Message content as text: a string, or the text parts of a list of parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    parts = []
+    for part in content:
+        text = part.get("text") if isinstance(part, Mapping) else getattr(part, "text", None)
+        if isinstance(text, str):
+            parts.append(text)
+    return "".join(parts)
+
+
+def chat_usage(usage: Any, reports_cost: bool = False) -> Usage:
+    """Usage of one chat completion; a missing usage block counts as zeros."""
+    if usage is None:
+        return Usage()
+    details = _field(usage, "prompt_tokens_details")
+    cached = _int(_field(details, "cached_tokens"))
+    # Gateways in front of Anthropic (OpenRouter, LiteLLM) report cache writes too.
+    written = _int(_field(details, "cache_write_tokens")) or _int(
+        _field(usage, "cache_creation_input_tokens")
+    )
+    cached = cached or _int(_field(usage, "cache_read_input_tokens"))
+    cost = _field(usage, "cost") if reports_cost else None
+    return Usage(
+        input_tokens=_int(_field(usage, "prompt_tokens")),
+        output_tokens=_int(_field(usage, "completion_tokens")),
+        cached_tokens=cached,
+        cache_write_tokens=written,
+        cost=float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None,
+    )
+
+
+def _field(obj: Any, name: str) -> Any:
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def _int(value: Any) -> int:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
