@@ -1,0 +1,342 @@
+"""`RLMLogger`: one JSON-lines trajectory file per top-level `completion()`.
+
+The format is documented in docs/trajectory-format.md. Each record is one line, written with a
+single unbuffered write as soon as the event happens, so a run killed midway leaves a file that
+parses up to its last record. A record holds only what is new (the messages a turn added, not
+the whole history again), so a file grows linearly with the work done. Every record passes
+through the `Redactor` before it is stored anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+from rlm.core.events import Observer, RunInfo
+from rlm.core.types import CodeBlock, RLMChatCompletion, RLMIteration, SubcallRecord
+from rlm.logger.redact import Redactor
+
+SCHEMA = "rlm-trajectory"
+SCHEMA_VERSION = 1
+TRUNCATION_MARK = "…[truncated {n} chars]"
+
+Record = dict[str, Any]
+
+
+# ------------------------------------------------------------------------- record builders
+# Shared with the verbose console and replay, so all three show the same data.
+
+
+def truncate(text: str, limit: int | None) -> tuple[str, bool]:
+    """`text` cut to `limit` characters (plus a marker saying how much was dropped)."""
+    if limit is None or len(text) <= limit:
+        return text, False
+    return text[:limit] + TRUNCATION_MARK.format(n=len(text) - limit), True
+
+
+def header_record(root_run_id: str) -> Record:
+    from rlm import __version__
+
+    return {
+        "type": "header",
+        "schema": SCHEMA,
+        "version": SCHEMA_VERSION,
+        "root_run_id": root_run_id,
+        "created": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "rlm_version": __version__,
+        "t": time.time(),
+    }
+
+
+def run_start_record(run: RunInfo) -> Record:
+    return {"type": "run_start", **run.to_dict(), "t": time.time()}
+
+
+def iteration_record(run: RunInfo, index: int, record: RLMIteration) -> Record:
+    return {
+        "type": "iteration",
+        "run_id": run.run_id,
+        "depth": run.depth,
+        "iteration": index,
+        "prompt": [dict(m) for m in record.prompt],
+        "response": record.response,
+        "code_blocks": [_block(b) for b in record.code_blocks],
+        "final_answer": record.final_answer,
+        "iteration_time": record.iteration_time,
+        "usage": record.usage.to_dict(),
+        "t": time.time(),
+    }
+
+
+def _block(block: CodeBlock) -> Record:
+    result = block.result
+    return {
+        "code": block.code,
+        "stdout": result.stdout,
+        "stderr": result.stderr,
+        "error": result.error,
+        "timed_out": result.timed_out,
+        "execution_time": result.execution_time,
+        "final_answer": result.final_answer,
+        "locals": dict(result.locals),
+        # The sub-calls themselves are `subcall` records; a block only points at them.
+        "subcalls": [c.id for c in result.rlm_calls if c.id],
+    }
+
+
+def subcall_record(
+    record: SubcallRecord,
+    *,
+    max_prompt_chars: int | None = None,
+    max_response_chars: int | None = None,
+) -> Record:
+    prompt, prompt_cut = truncate(record.prompt_preview, max_prompt_chars)
+    response, response_cut = truncate(record.response, max_response_chars)
+    return {
+        "type": "subcall",
+        "id": record.id,
+        "parent_id": record.parent_id,
+        "kind": record.kind,
+        "depth": record.depth,
+        "model": record.model,
+        "prompt": prompt,
+        "prompt_truncated": prompt_cut,
+        "response": response,
+        "response_truncated": response_cut,
+        "response_chars": len(record.response),
+        "usage": record.usage.to_dict(),
+        "cost": record.usage.cost,
+        "started": record.started,
+        "ended": record.ended,
+        "duration": max(0.0, record.ended - record.started) if record.ended else None,
+        "error": record.error,
+    }
+
+
+def run_end_record(run: RunInfo, completion: RLMChatCompletion) -> Record:
+    usage = completion.usage_summary
+    return {
+        "type": "run_end",
+        "run_id": run.run_id,
+        "parent_id": run.parent_id,
+        "depth": run.depth,
+        "answer": completion.response,
+        "value": completion.value,
+        "stop_reason": completion.stop_reason,
+        "error": completion.error,
+        "iterations": completion.iterations,
+        "execution_time": completion.execution_time,
+        "usage": usage.to_dict(),
+        "totals": {
+            "calls": usage.total_calls,
+            "input_tokens": usage.total_input_tokens,
+            "output_tokens": usage.total_output_tokens,
+            "cost": usage.total_cost,
+        },
+        "t": time.time(),
+    }
+
+
+def encode(record: Record) -> bytes:
+    """One JSON line. Non-finite floats become null and unknown objects their str()."""
+    try:
+        text = json.dumps(record, ensure_ascii=False, allow_nan=False, default=str)
+    except ValueError:
+        text = json.dumps(_finite(record), ensure_ascii=False, allow_nan=False, default=str)
+    return (text + "\n").encode("utf-8", errors="replace")  # lone surrogates become "?"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+# ------------------------------------------------------------------------- the logger
+
+
+@dataclass
+class _Trace:
+    """One top-level completion: its records, its file and every run id inside it."""
+
+    root_id: str
+    path: Path | None
+    handle: IO[bytes] | None
+    records: list[Record] = field(default_factory=list)
+    run_ids: set[str] = field(default_factory=set)
+    context_logged: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class RLMLogger(Observer):
+    """Writes each top-level completion's trajectory to its own JSON-lines file.
+
+    Args:
+        log_dir: directory for the files (created if missing); None keeps trajectories in
+            memory only (`completion.metadata["trajectory"]`, `get_trajectory()`).
+        file_name: file name prefix: `{file_name}_{YYYY-mm-dd_HH-MM-SS}_{root run id}.jsonl`.
+        log_context: store the root context in the log (needed by `rlm replay --rerun`; the
+            file then grows by the context's size).
+        max_prompt_chars / max_response_chars: cut sub-call prompts / responses to this many
+            characters (None keeps them whole; whole responses keep `--rerun` exact).
+        secrets: extra strings to scrub (environment variables that look like keys are
+            always scrubbed).
+    """
+
+    def __init__(
+        self,
+        log_dir: str | os.PathLike[str] | None = None,
+        file_name: str = "rlm",
+        *,
+        log_context: bool = True,
+        max_prompt_chars: int | None = 10_000,
+        max_response_chars: int | None = None,
+        secrets: Iterable[str] = (),
+    ) -> None:
+        for name, value in (
+            ("max_prompt_chars", max_prompt_chars),
+            ("max_response_chars", max_response_chars),
+        ):
+            if value is not None and (isinstance(value, bool) or value < 0):
+                from rlm.errors import ConfigurationError
+
+                raise ConfigurationError(f"{name} must be None or an int >= 0, got {value!r}")
+        self.log_dir = None if log_dir is None else Path(log_dir)
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.file_name = file_name
+        self.log_context = log_context
+        self.max_prompt_chars = max_prompt_chars
+        self.max_response_chars = max_response_chars
+        self.redactor = Redactor(secrets)
+        self._lock = threading.Lock()
+        self._traces: dict[str, _Trace] = {}  # root run id -> trace
+        self._root_of: dict[str, str] = {}  # any run id -> its root run id
+        self._last: _Trace | None = None
+        self.log_file_path: str | None = None  # the most recently opened file (reference name)
+
+    # -- observer hooks ------------------------------------------------------------------
+
+    def on_run_start(self, run: RunInfo) -> None:
+        with self._lock:
+            root_id = self._root_of.get(run.parent_id) if run.parent_id else None
+            if root_id is None or root_id not in self._traces:
+                trace = self._open(run.run_id)
+                self._traces[run.run_id] = trace
+                root_id = run.run_id
+            trace = self._traces[root_id]
+            self._root_of[run.run_id] = root_id
+            trace.run_ids.add(run.run_id)
+        record = run_start_record(run)
+        context = getattr(run, "context", None)
+        if run.run_id == root_id and self.log_context and context is not None:
+            record["context"] = context
+            trace.context_logged = True
+        self._write(trace, record)
+
+    def on_iteration(self, run: RunInfo, iteration: int, record: RLMIteration) -> None:
+        trace = self._trace_of(run.run_id)
+        if trace is not None:
+            self._write(trace, iteration_record(run, iteration, record))
+
+    def on_subcall(self, run: RunInfo, record: SubcallRecord) -> None:
+        trace = self._trace_of(record.parent_id or run.run_id)
+        if trace is not None:
+            self._write(
+                trace,
+                subcall_record(
+                    record,
+                    max_prompt_chars=self.max_prompt_chars,
+                    max_response_chars=self.max_response_chars,
+                ),
+            )
+
+    def on_run_end(self, run: RunInfo, completion: RLMChatCompletion) -> None:
+        trace = self._trace_of(run.run_id)
+        if trace is None:
+            return
+        record = run_end_record(run, completion)
+        is_root = run.run_id == trace.root_id
+        if is_root and self.log_context and not trace.context_logged:
+            # The core did not hand the context over at the start: keep it here instead.
+            record["context"] = completion.prompt
+            trace.context_logged = True
+        self._write(trace, record)
+        if not is_root:
+            return
+        with self._lock:
+            self._traces.pop(trace.root_id, None)
+            for run_id in trace.run_ids:
+                self._root_of.pop(run_id, None)
+            self._last = trace
+        self._close(trace)
+        if completion.metadata is None:
+            completion.metadata = {}
+        completion.metadata["trajectory"] = trace.records
+        if trace.path is not None:
+            completion.metadata["log_file"] = str(trace.path)
+
+    # -- public helpers ------------------------------------------------------------------
+
+    def get_trajectory(self) -> list[Record] | None:
+        """The records of the most recently finished top-level completion."""
+        with self._lock:
+            return None if self._last is None else list(self._last.records)
+
+    def close(self) -> None:
+        """Close the files of runs that never ended (their records are already on disk)."""
+        with self._lock:
+            traces = list(self._traces.values())
+            self._traces.clear()
+            self._root_of.clear()
+        for trace in traces:
+            self._close(trace)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _trace_of(self, run_id: str) -> _Trace | None:
+        with self._lock:
+            root_id = self._root_of.get(run_id)
+            return None if root_id is None else self._traces.get(root_id)
+
+    def _open(self, root_id: str) -> _Trace:
+        if self.log_dir is None:
+            trace = _Trace(root_id, None, None)
+        else:
+            stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+            path = self.log_dir / f"{self.file_name}_{stamp}_{root_id}.jsonl"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+            trace = _Trace(root_id, path, os.fdopen(fd, "ab", buffering=0))
+            self.log_file_path = str(path)
+        self._write(trace, header_record(root_id))
+        return trace
+
+    def _write(self, trace: _Trace, record: Record) -> None:
+        clean: Record = self.redactor.data(record)
+        line = encode(clean)
+        with trace.lock:
+            trace.records.append(clean)
+            if trace.handle is not None and not trace.handle.closed:
+                view = memoryview(line)
+                while view:  # an unbuffered write may be partial; finish the line
+                    written = trace.handle.write(view)
+                    if not written:
+                        raise OSError(f"could not write to {trace.path}")
+                    view = view[written:]
+
+    def _close(self, trace: _Trace) -> None:
+        with trace.lock:
+            if trace.handle is not None and not trace.handle.closed:
+                trace.handle.close()
