@@ -1,0 +1,84 @@
+"""rlm: Recursive Language Models.
+
+    from rlm import RLM
+    rlm = RLM(backend="openai", backend_kwargs={"model_name": "gpt-5-mini"})
+    out = rlm.completion(huge_document, root_prompt="Which clauses conflict?")
+    out.response, out.usage_summary, out.stop_reason
+
+`import rlm` imports no provider or sandbox SDK; they load when a backend needs them.
+"""
+
+from rlm.clients import get_client
+from rlm.clients.base import BaseLM
+from rlm.clients.scripted import ScriptedLM
+from rlm.core.events import Observer
+from rlm.core.rlm import RLM
+from rlm.core.types import (
+    CodeBlock,
+    ModelUsageSummary,
+    QueryMetadata,
+    REPLResult,
+    RLMChatCompletion,
+    RLMIteration,
+    UsageSummary,
+)
+from rlm.environments import get_environment
+from rlm.environments.base import BaseEnv
+from rlm.errors import (
+    AuthenticationError,
+    BudgetExceededError,
+    CancellationError,
+    ConfigurationError,
+    ContextLoadError,
+    ContextWindowExceededError,
+    ErrorThresholdExceededError,
+    LimitExceededError,
+    MissingDependencyError,
+    ProtocolError,
+    ProviderError,
+    RemoteError,
+    RLMError,
+    SandboxError,
+    SubcallLimitExceededError,
+    TimeoutExceededError,
+    TokenLimitExceededError,
+)
+from rlm.logger import RLMLogger
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RLM",
+    "AuthenticationError",
+    "BaseEnv",
+    "BaseLM",
+    "BudgetExceededError",
+    "CancellationError",
+    "CodeBlock",
+    "ConfigurationError",
+    "ContextLoadError",
+    "ContextWindowExceededError",
+    "ErrorThresholdExceededError",
+    "LimitExceededError",
+    "MissingDependencyError",
+    "ModelUsageSummary",
+    "Observer",
+    "ProtocolError",
+    "ProviderError",
+    "QueryMetadata",
+    "REPLResult",
+    "RLMChatCompletion",
+    "RLMError",
+    "RLMIteration",
+    "RLMLogger",
+    "RemoteError",
+    "SandboxError",
+    "ScriptedLM",
+    "SubcallLimitExceededError",
+    "TimeoutExceededError",
+    "TokenLimitExceededError",
+    "UsageSummary",
+    "__version__",
+    "get_client",
+    "get_environment",
+]
