@@ -159,3 +159,19 @@ ANSWER_NOW = (
     "FINAL(your answer), or FINAL_VAR(variable_name) for a variable in the REPL. Do not write "
     "more code."
 )
+
+
+COMPACTION_REQUEST = (
+    "Your conversation is getting too long for your context window and will be compacted. "
+    "Summarise your progress so far for your own later use: what you learned about the "
+    "context, which REPL variables hold intermediate results, what you tried that failed, "
+    "and what remains to do. Reply with the summary only, no code."
+)
+
+
+def compaction_note(count: int) -> str:
+    return (
+        f"(Your earlier turns were compacted into the summary above; compaction {count}. "
+        "The full transcript is in the REPL variable `history` as a list of messages. "
+        "All your REPL variables are still there. Continue.)"
+    )

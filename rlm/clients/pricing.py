@@ -1,4 +1,4 @@
-"""USD prices per million tokens, for providers that do not report a cost.
+"""Model facts: USD prices per million tokens, and context windows.
 
 Unknown model -> no cost (None), never a guess. Users extend the table with `register_price`
 or per client with `backend_kwargs={"prices": {"input": ..., "output": ..., "cached_input": ...}}`.
@@ -74,3 +74,22 @@ def price_usage(
     cost += cached * table.get("cached_input", table["input"])
     cost += written * table.get("cache_write", table["input"])
     return cost / 1_000_000
+
+
+# model name -> context window in tokens (used for compaction); longest matching prefix wins.
+_WINDOWS: dict[str, int] = {
+    "gpt-5": 272_000,
+    "gpt-4.1": 1_047_576,
+    "gpt-4o": 128_000,
+    "claude": 200_000,
+    "gemini": 1_048_576,
+    "smollm2": 8_192,
+}
+DEFAULT_CONTEXT_WINDOW = 128_000
+
+
+def context_window(model: str) -> int:
+    """The model's context window in tokens; 128K when the model is unknown."""
+    bare = model.rsplit("/", 1)[-1]
+    candidates = [name for name in _WINDOWS if bare.startswith(name)]
+    return _WINDOWS[max(candidates, key=len)] if candidates else DEFAULT_CONTEXT_WINDOW

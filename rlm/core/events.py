@@ -6,10 +6,13 @@ logged with its traceback and the run goes on: a broken progress bar must not co
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from rlm.core.aio import get_loop, on_loop
 from rlm.core.types import RLMChatCompletion, RLMIteration, SubcallRecord
 
 log = logging.getLogger("rlm")
@@ -65,6 +68,9 @@ class Observer:
     def on_subcall(self, run: RunInfo, record: SubcallRecord) -> None:
         """A sub-call finished (its record has the response, usage and timing)."""
 
+    def on_compaction(self, run: RunInfo, count: int, summary: str) -> None:
+        """The run's root history was summarised into one message (compaction number `count`)."""
+
     def on_run_end(self, run: RunInfo, completion: RLMChatCompletion) -> None:
         """The run ended, with its answer and stop reason."""
 
@@ -115,3 +121,68 @@ class CallbackObserver(Observer):
     def on_iteration(self, run: RunInfo, iteration: int, record: RLMIteration) -> None:
         if self._iteration_complete is not None:
             self._iteration_complete(run.depth, iteration, record.iteration_time)
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """One thing that happened in a run, as `RLM.events()` yields it.
+
+    `kind` is the Observer hook without its "on_" prefix (run_start, iteration_start,
+    iteration, subcall_start, subcall, compaction, run_end) or "completion" for the last event;
+    `run` is the run it belongs to (None for "completion"); `data` is the hook's payload.
+    """
+
+    kind: str
+    run: RunInfo | None
+    data: Any = None
+
+
+class EventStream(Observer):
+    """An observer that queues events for one async consumer (`RLM.events()`).
+
+    Hooks fire on the rlm event loop thread or a worker thread; the queue lives on the rlm loop,
+    and the consumer may iterate from any event loop.
+    """
+
+    _END = object()
+
+    def __init__(self) -> None:
+        self._loop = get_loop()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    def _put(self, item: Any) -> None:
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    def close(self) -> None:
+        self._put(self._END)
+
+    async def _get(self) -> Any:
+        return await self._queue.get()
+
+    async def __aiter__(self) -> AsyncIterator[RunEvent]:
+        while True:
+            item = await on_loop(self._get())
+            if item is self._END:
+                return
+            yield item
+
+    def on_run_start(self, run: RunInfo) -> None:
+        self._put(RunEvent("run_start", run))
+
+    def on_iteration_start(self, run: RunInfo, iteration: int) -> None:
+        self._put(RunEvent("iteration_start", run, iteration))
+
+    def on_iteration(self, run: RunInfo, iteration: int, record: RLMIteration) -> None:
+        self._put(RunEvent("iteration", run, record))
+
+    def on_subcall_start(self, run: RunInfo, record: SubcallRecord) -> None:
+        self._put(RunEvent("subcall_start", run, record))
+
+    def on_subcall(self, run: RunInfo, record: SubcallRecord) -> None:
+        self._put(RunEvent("subcall", run, record))
+
+    def on_compaction(self, run: RunInfo, count: int, summary: str) -> None:
+        self._put(RunEvent("compaction", run, {"count": count, "summary": summary}))
+
+    def on_run_end(self, run: RunInfo, completion: RLMChatCompletion) -> None:
+        self._put(RunEvent("run_end", run, completion))

@@ -13,18 +13,20 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from rlm.clients import get_client
 from rlm.clients.base import BaseLM
-from rlm.core.aio import on_loop, run_sync, to_thread
+from rlm.clients.pricing import context_window
+from rlm.core.aio import on_loop, run_sync, spawn, to_thread
 from rlm.core.budget import Budget, Limits
-from rlm.core.events import CallbackObserver, Events, Observer, RunInfo
+from rlm.core.events import CallbackObserver, Events, EventStream, Observer, RunEvent, RunInfo
 from rlm.core.lm_handler import LMHandler, Session
 from rlm.core.types import (
     CodeBlock,
+    LMResponse,
     Message,
     QueryMetadata,
     REPLResult,
@@ -47,7 +49,9 @@ from rlm.errors import (
 from rlm.parsing import find_code_blocks, find_final, ignored_languages, strip_code
 from rlm.prompts import (
     ANSWER_NOW,
+    COMPACTION_REQUEST,
     build_system_prompt,
+    compaction_note,
     context_metadata_message,
     feedback_message,
     no_code_message,
@@ -98,6 +102,9 @@ class RLM:
             (default: the same as custom_tools).
         max_concurrent_subcalls: child RLMs running at once per depth level.
         max_output_chars: REPL output shown to the root LM per block (head and tail kept).
+        compaction / compaction_threshold_pct / context_window: when the root history nears
+            that share of the root model's window (tokens; known models are looked up), older
+            turns are summarised into one message; the full transcript stays in `history`.
         observers: extra `rlm.core.events.Observer`s (loggers, UIs).
     """
 
@@ -127,6 +134,9 @@ class RLM:
         max_subcalls: int | None = None,
         depth_backends: Mapping[int, Mapping[str, Any]] | None = None,
         max_output_chars: int = 20_000,
+        compaction: bool = False,
+        compaction_threshold_pct: float = 0.85,
+        context_window: int | None = None,
         on_subcall_start: Callable[..., Any] | None = None,
         on_subcall_complete: Callable[..., Any] | None = None,
         on_iteration_start: Callable[..., Any] | None = None,
@@ -140,6 +150,12 @@ class RLM:
         _check_int("max_output_chars", max_output_chars, minimum=100)
         if max_errors is not None:
             _check_int("max_errors", max_errors, minimum=1)
+        if context_window is not None:
+            _check_int("context_window", context_window, minimum=256)
+        if not 0.1 <= compaction_threshold_pct <= 1.0:
+            raise ConfigurationError(
+                f"compaction_threshold_pct must be in [0.1, 1.0], got {compaction_threshold_pct}"
+            )
         self.limits = Limits(
             max_tokens=max_tokens,
             max_budget=max_budget,
@@ -161,6 +177,9 @@ class RLM:
         self.persistent = persistent
         self.max_concurrent_subcalls = max_concurrent_subcalls
         self.max_output_chars = max_output_chars
+        self.compaction = compaction
+        self.compaction_threshold_pct = compaction_threshold_pct
+        self.context_window = context_window
 
         self.tools, self.tool_specs = _normalise_tools(custom_tools)
         if custom_sub_tools is None:
@@ -216,6 +235,21 @@ class RLM:
         """`completion` for async code; many may run at once on one `RLM`."""
         return await on_loop(self._complete(prompt, root_prompt))
 
+    async def events(self, prompt: Any, root_prompt: str | None = None) -> AsyncIterator[RunEvent]:
+        """Run a completion and yield its events as they happen, for UIs.
+
+        Yields `RunEvent`s of kinds run_start, iteration_start, iteration, subcall_start,
+        subcall, compaction and run_end (for the root and every child run), then one final
+        event of kind "completion" whose `data` is the `RLMChatCompletion`.
+        """
+        stream = EventStream()
+        task = spawn(self._complete(prompt, root_prompt, extra_observers=[stream]))
+        task.add_done_callback(lambda _: stream.close())
+        async for event in stream:
+            yield event
+        completion = await asyncio.wrap_future(task)
+        yield RunEvent("completion", None, completion)
+
     def close(self) -> None:
         """Release the persistent environment, the handler and the clients' connections."""
         if self._closed:
@@ -239,7 +273,9 @@ class RLM:
 
     # ----------------------------------------------------------------- the loop
 
-    async def _complete(self, prompt: Any, root_prompt: str | None) -> RLMChatCompletion:
+    async def _complete(
+        self, prompt: Any, root_prompt: str | None, extra_observers: Sequence[Observer] = ()
+    ) -> RLMChatCompletion:
         if self._closed:
             raise ConfigurationError("this RLM is closed")
         validate_context(prompt)
@@ -247,7 +283,7 @@ class RLM:
             raise ConfigurationError("root_prompt must be a str or None")
         if self.handler.address is None:
             await self.handler.astart()
-        tree = _Tree(Budget(self.limits), Events(self.observers))
+        tree = _Tree(Budget(self.limits), Events([*self.observers, *extra_observers]))
         if not self.persistent:
             return await self._run(prompt, root_prompt, self.depth, tree, UsageLedger(), "", None)
         if self._persistent_lock is None:
@@ -291,7 +327,7 @@ class RLM:
         session, env, index = await self._open(
             tree, ledger, depth, run_id, info, tools, specs, persistent
         )
-        loop = _Loop(self, tree, info, session, env, client.model_name if model else None)
+        loop = _Loop(self, tree, info, session, env, client.model_name if model else None, index)
         try:
             await to_thread(env.load_context, context, index)
             tree.events.emit("on_run_start", info)
@@ -311,7 +347,7 @@ class RLM:
         finally:
             if persistent:
                 assert self._persistent is not None
-                await to_thread(env.add_history, _jsonable_messages(loop.messages), index)
+                await to_thread(env.add_history, _jsonable_messages(loop.transcript), index)
             else:
                 self.handler.close_session(session)
                 await to_thread(env.cleanup)
@@ -324,6 +360,7 @@ class RLM:
             metadata={
                 "run_metadata": info.to_dict(),
                 "iterations": [record.to_dict() for record in loop.records],
+                "compactions": loop.compactions,
             },
             stop_reason=loop.stop_reason,
             error=loop.error,
@@ -463,6 +500,7 @@ class _Loop:
         session: Session,
         env: BaseEnv,
         model: str | None,
+        history_index: int = 0,
     ) -> None:
         self.rlm = rlm
         self.tree = tree
@@ -470,7 +508,12 @@ class _Loop:
         self.session = session
         self.env = env
         self.model = model
-        self.messages: list[Message] = []
+        self.messages: list[Message] = []  # what the next root request sends
+        self.transcript: list[Message] = []  # every message of the run, compactions included
+        self.history_index = history_index
+        self.compactions = 0
+        self._last_input_tokens = 0  # the provider's count for the previous root request
+        self._counted = 0  # messages covered by _last_input_tokens
         self.records: list[RLMIteration] = []
         self.iteration = 0
         self.answer_text: str | None = None
@@ -482,6 +525,7 @@ class _Loop:
 
     async def run(self, messages: list[Message]) -> None:
         self.messages = messages
+        self.transcript = list(messages)
         budget = self.tree.budget
         try:
             async with asyncio.timeout(budget.remaining_time()):
@@ -533,12 +577,12 @@ class _Loop:
                     max_iterations=rlm.max_iterations,
                     ignored=ignored_languages(reply),
                 )
-            self.messages.append({"role": "user", "content": text})
+            self._append({"role": "user", "content": text})
         await self._answer_now()
 
     async def _answer_now(self) -> None:
         """Out of turns: one last call asking for the answer; its code still runs."""
-        self.messages.append({"role": "user", "content": ANSWER_NOW})
+        self._append({"role": "user", "content": ANSWER_NOW})
         started = time.monotonic()
         reply, usage = await self._ask()
         blocks = await self._run_blocks(reply)
@@ -549,16 +593,53 @@ class _Loop:
             self.best = strip_code(reply) or self.best
         self.stop_reason = "max_iterations"
 
+    def _append(self, message: Message) -> None:
+        self.messages.append(message)
+        self.transcript.append(message)
+
     async def _ask(self) -> tuple[str, Usage]:
-        response = await self.rlm.handler.acomplete(
-            list(self.messages),
-            depth=self.info.depth,
-            model=self.model,
-            session=self.session,
-            kind="root",
-        )
-        self.messages.append({"role": "assistant", "content": response.text})
+        if self.rlm.compaction and self._near_window():
+            await self._compact()
+        response = await self._call(list(self.messages))
+        self._last_input_tokens = response.usage.input_tokens
+        self._counted = len(self.messages)
+        self._append({"role": "assistant", "content": response.text})
         return response.text, response.usage
+
+    async def _call(self, messages: list[Message]) -> LMResponse:
+        return await self.rlm.handler.acomplete(
+            messages, depth=self.info.depth, model=self.model, session=self.session, kind="root"
+        )
+
+    def _near_window(self) -> bool:
+        """Whether the next root request nears the compaction share of the model's window."""
+        window = self.rlm.context_window or context_window(self.info.root_model)
+        fresh = self.messages[self._counted :] if self._last_input_tokens else self.messages
+        estimate = self._last_input_tokens + sum(len(m["content"]) for m in fresh) // 4
+        return estimate >= self.rlm.compaction_threshold_pct * window
+
+    async def _compact(self) -> None:
+        """Summarise the turns so far into one message; the REPL keeps the full transcript.
+
+        This is the one place the root history is rewritten (a counted prompt-cache reset).
+        """
+        await to_thread(
+            self.env.add_history, _jsonable_messages(self.transcript), self.history_index
+        )
+        request = [*self.messages, {"role": "user", "content": COMPACTION_REQUEST}]
+        summary = (await self._call(request)).text
+        self.transcript.extend([request[-1], {"role": "assistant", "content": summary}])
+        self.compactions += 1
+        self.messages = [
+            self.messages[0],
+            self.messages[1],
+            {"role": "assistant", "content": summary},
+            {"role": "user", "content": compaction_note(self.compactions)},
+        ]
+        self.transcript.append(self.messages[-1])
+        self._sent = 0
+        self._last_input_tokens = 0
+        self.tree.events.emit("on_compaction", self.info, self.compactions, summary)
 
     async def _run_blocks(self, reply: str) -> list[CodeBlock]:
         blocks: list[CodeBlock] = []
