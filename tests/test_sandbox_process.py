@@ -1,0 +1,273 @@
+"""ProcessREPL specifics: scrubbed environment, privileges, rlimits, process-group kills, and
+the worker's channel protocol (token, forged frames, forked children)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rlm.environments.process import ProcessREPL
+from rlm.errors import ConfigurationError, SandboxError
+from rlm.runtime.bundle import WORKER_MODULE, build_bundle_dir, bundle_files, bundle_zip
+from rlm.runtime.worker import ChannelDecoder, MessageAssembler, message_frames
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status
+
+
+@pytest.fixture
+def env() -> Iterator[ProcessREPL]:
+    environment = ProcessREPL(timeout=20)
+    yield environment
+    environment.cleanup()
+
+
+def run(environment: ProcessREPL, code: str) -> str:
+    result = environment.execute(code)
+    assert result.error is None, result.stderr
+    return result.stdout
+
+
+def test_environment_is_scrubbed_and_the_token_is_not_in_argv(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-canary-1234")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "canary-5678")
+    with ProcessREPL(timeout=20) as environment:
+        out = run(
+            environment,
+            "import os, json\n"
+            "env = dict(os.environ)\n"
+            "raw = open('/proc/self/environ', 'rb').read().decode()\n"
+            "cmd = open('/proc/self/cmdline', 'rb').read().decode()\n"
+            "print(json.dumps([sorted(env), raw, cmd, os.getcwd(), os.environ['HOME']]))",
+        )
+        names, raw, cmdline, cwd, home = json.loads(out)
+        token = environment.channel_token
+    assert "canary" not in raw and "OPENAI_API_KEY" not in names
+    assert set(names) <= {
+        "PATH",
+        "HOME",
+        "TMPDIR",
+        "LANG",
+        "LC_ALL",
+        "PYTHONPATH",
+        "PYTHONDONTWRITEBYTECODE",
+        "PYTHONUNBUFFERED",
+        "PYTHONIOENCODING",
+        "PYTHONSAFEPATH",
+    }
+    assert token not in cmdline and WORKER_MODULE in cmdline
+    assert cwd == home and not Path(cwd).exists()  # the session dir is gone after cleanup
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the privilege drop applies to a root host")
+def test_a_root_host_runs_the_worker_as_nobody_with_binding_rlimits(env: ProcessREPL) -> None:
+    info = env.worker_info
+    assert info["uid"] not in (None, 0)
+    limits = info["limits"]
+    assert limits["memory_bytes"] == 2**30 and limits["core"] == 0
+    assert limits["max_open_files"] == 256 and limits["cpu_seconds"] == 3600
+    assert isinstance(limits["max_processes"], int)
+    out = run(
+        env,
+        "import resource\n"
+        "print([resource.getrlimit(r)[0] for r in (resource.RLIMIT_AS, resource.RLIMIT_CORE,"
+        " resource.RLIMIT_NOFILE)])",
+    )
+    assert out == f"{[2**30, 0, 256]}\n"
+    # The worker cannot touch the host's staging dir, nor another user's files.
+    stage = env._stage_dir
+    result = env.execute(f"open({str(stage)!r} + '/x', 'w')")
+    assert result.error is not None and result.error.startswith("PermissionError")
+
+
+def test_user_none_keeps_the_host_user_and_bad_options_fail_early() -> None:
+    with ProcessREPL(user=None, timeout=20) as environment:
+        assert environment.worker_info["uid"] == os.getuid()
+    with pytest.raises(ConfigurationError, match="persistent"):
+        ProcessREPL(persistent=True)
+    with pytest.raises(ConfigurationError, match="memory_mb"):
+        ProcessREPL(memory_mb=-1)
+    with pytest.raises(ConfigurationError, match="timeout"):
+        ProcessREPL(timeout=0)
+
+
+def test_a_swallowed_timeout_gets_the_whole_process_group_killed() -> None:
+    environment = ProcessREPL(timeout=1, kill_grace=1)
+    try:
+        out = run(
+            environment,
+            "import subprocess\nchild = subprocess.Popen(['sleep', '300'])\nprint(child.pid)",
+        )
+        child = int(out)
+        assert alive(child)
+        code = (
+            "while True:\n"
+            "    try:\n"
+            "        while True:\n"
+            "            pass\n"
+            "    except BaseException:\n"
+            "        pass"
+        )
+        started = time.monotonic()
+        with pytest.raises(SandboxError, match="did not stop within its timeout"):
+            environment.execute(code)
+        assert time.monotonic() - started < 1 + 1 + 5
+        deadline = time.monotonic() + 10
+        while (alive(child) or alive(environment.pgid or 0)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(child) and not alive(environment.pgid or 0)
+        with pytest.raises(SandboxError, match="did not stop"):
+            environment.execute("1")
+    finally:
+        environment.cleanup()
+
+
+def test_cleanup_kills_background_children_and_is_idempotent() -> None:
+    environment = ProcessREPL(timeout=20)
+    out = run(environment, "import subprocess\nprint(subprocess.Popen(['sleep', '300']).pid)")
+    child, worker = int(out), environment.pgid
+    assert worker is not None and alive(worker)
+    environment.cleanup()
+    environment.cleanup()
+    deadline = time.monotonic() + 10
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(child) and not alive(worker)
+    with pytest.raises(SandboxError, match="cleaned up"):
+        environment.execute("1")
+
+
+def test_a_forked_child_that_finishes_the_cell_never_replies(env: ProcessREPL) -> None:
+    result = env.execute(
+        "import os\nfk_pid = os.fork()\nprint('child' if fk_pid == 0 else 'parent')"
+    )
+    assert result.stdout == "parent\n" and result.error is None
+    assert run(env, "os.waitpid(fk_pid, 0)[0] == fk_pid").strip() == "True"
+    assert run(env, "'one reply per cell'") == "'one reply per cell'\n"
+    # A child's helpers fail fast: it has no channel to the host.
+    code = (
+        "fk_pid = os.fork()\n"
+        "if fk_pid == 0:\n"
+        "    os.write(1, llm_query('x').encode())\n"
+        "    os._exit(0)\n"
+        "_ = os.waitpid(fk_pid, 0)\n"
+    )
+    assert run(env, code).startswith("Error: ProtocolError: a forked child process has no channel")
+
+
+def test_large_contexts_are_staged_once_and_removed(env: ProcessREPL) -> None:
+    stage = env._stage_dir
+    assert stage is not None
+    value = "é" * (2**20)  # over the inline limit once encoded
+    env.load_context(value)
+    assert list(stage.iterdir()) == []  # the host removed the file after the load
+    assert run(env, "len(context), context[:2]") == "(1048576, 'éé')\n"
+
+
+# --------------------------------------------------------------------- the worker itself
+
+
+def start_worker(tmp_path: Path, token: str) -> subprocess.Popen[bytes]:
+    bundle = build_bundle_dir(tmp_path / "bundle")
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(bundle), "RLM_CHANNEL_TOKEN": token}
+    return subprocess.Popen(
+        [sys.executable, "-m", WORKER_MODULE],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=tmp_path,
+    )
+
+
+def read_replies(data: bytes) -> list[dict[str, object]]:
+    assembler = MessageAssembler()
+    messages = []
+    for item in ChannelDecoder().feed(data):
+        message = assembler.feed(item)
+        if message is not None:
+            messages.append(message)
+    return messages
+
+
+def test_worker_refuses_a_hello_with_the_wrong_token(tmp_path: Path) -> None:
+    proc = start_worker(tmp_path, "right-token")
+    hello = {"type": "hello", "version": 1, "token": "wrong", "seq": 1, "config": {}}
+    out, _ = proc.communicate(b"".join(message_frames(hello)), timeout=30)
+    assert proc.returncode == 2
+    (reply,) = read_replies(out)
+    assert reply["type"] == "fatal" and "token" in json.dumps(reply)
+
+
+def test_worker_serves_a_session_and_exits_on_shutdown(tmp_path: Path) -> None:
+    proc = start_worker(tmp_path, "tok")
+    script = [
+        {"type": "hello", "version": 1, "token": "tok", "seq": 1, "config": {"depth": 2}},
+        {"type": "load", "seq": 2, "kind": "context", "index": 0, "value": {"k": [1]}},
+        {"type": "exec", "seq": 3, "code": "print(context['k'])\nFINAL_VAR({'x': 1})"},
+        {"type": "shutdown"},
+    ]
+    data = b"".join(b"".join(message_frames(m)) for m in script)
+    out, _ = proc.communicate(data, timeout=30)
+    assert proc.returncode == 0
+    replies = read_replies(out)
+    ready, loaded, progress, result = replies
+    assert progress == {"type": "progress", "seq": 3}  # a final value may be large
+    assert ready["type"] == "ready" and ready["seq"] == 1
+    assert loaded == {"type": "loaded", "seq": 2}
+    assert result["seq"] == 3 and result["stdout"] == "[1]\n"
+    assert result["final"] is True and result["final_value"] == {"x": 1}
+
+
+def test_bundle_shapes_hold_the_same_runtime(tmp_path: Path) -> None:
+    files = bundle_files()
+    assert files["rlm/__init__.py"] == b""
+    assert {"rlm/errors.py", "rlm/runtime/worker.py", "rlm/runtime/repl.py"} <= set(files)
+    archive = tmp_path / "rlm.zip"
+    archive.write_bytes(bundle_zip())
+    probe = "import rlm.runtime.worker as w, rlm; print(w.CHANNEL_VERSION, rlm.__file__)"
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(archive)},
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    ).stdout
+    assert out.startswith("1 ") and str(archive) in out
+
+
+def test_a_host_killed_without_cleanup_leaves_no_worker_behind(tmp_path: Path) -> None:
+    script = tmp_path / "host.py"
+    script.write_text(
+        "import os, signal\n"
+        "from rlm.environments.process import ProcessREPL\n"
+        "env = ProcessREPL(timeout=20)\n"
+        'out = env.execute(\'import subprocess\\nprint(subprocess.Popen(["sleep", "300"]).pid)\')\n'
+        "print(env.pgid, out.stdout.strip(), flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    worker, child = (int(x) for x in done.stdout.split())
+    deadline = time.monotonic() + 15
+    while (alive(worker) or alive(child)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(worker) and not alive(child)
