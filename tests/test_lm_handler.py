@@ -551,7 +551,7 @@ def test_usage_ledger_and_records(make_handler: Callable[..., LMHandler]) -> Non
     assert len(records) == 3 and len(started) == 3 and len(finished) == 3
     big = next(r for r in records if r.prompt_preview.startswith("x"))
     assert big.kind == "llm" and big.depth == 1 and big.model == "sub"
-    assert big.prompt_preview == "x" * 200
+    assert big.prompt_preview == "x" * 300  # kept whole: under RECORD_PROMPT_CHARS
     assert big.response == "sub:" + "x" * 300
     assert big.usage == Usage(input_tokens=300, output_tokens=3)
     assert big.ended >= big.started and len(big.id) == 32 and big.error is None
@@ -587,6 +587,7 @@ def test_rlm_spawns_a_child_below_max_depth(make_handler: Callable[..., LMHandle
         "usage": Usage(10, 2).to_dict(),
         "stop_reason": "final_answer",
         "value": [1, 2],
+        "run_id": "",  # the fake spawn names no child run
     }
     assert [r["result"]["text"] for r in batch["results"]] == ["child:a", "child:b"]
     assert named["text"] == "child:n"

@@ -107,7 +107,7 @@ class CallbackObserver(Observer):
 
     def on_subcall_start(self, run: RunInfo, record: SubcallRecord) -> None:
         if self._subcall_start is not None:
-            self._subcall_start(record.depth, record.model, record.prompt_preview)
+            self._subcall_start(record.depth, record.model, record.prompt_preview[:200])
 
     def on_subcall(self, run: RunInfo, record: SubcallRecord) -> None:
         if self._subcall_complete is not None:

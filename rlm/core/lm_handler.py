@@ -53,7 +53,9 @@ RecordCallback = Callable[[SubcallRecord], None]
 CallKind = Literal["root", "llm", "rlm"]
 
 HELLO_MAX_BYTES = 4096  # a hello is ~100 bytes; nothing large is read before authentication
-PREVIEW_CHARS = 200
+# Sub-call records (logs, UIs, replay) keep this much of each prompt: enough to read and to
+# match on replay, without holding every large prompt twice in memory.
+RECORD_PROMPT_CHARS = 10_000
 MAX_ERROR_MESSAGE_CHARS = 10_000
 # Sampling arguments a sandbox may set. Anything else (model, base_url, extra headers, ...)
 # would let code in the sandbox change who is called and at what price.
@@ -237,6 +239,7 @@ def _spawn_result(raw: Any) -> dict[str, Any]:
         "usage": Usage.from_dict(usage or {}).to_dict(),
         "stop_reason": str(raw.get("stop_reason", "final_answer")),
         "value": raw.get("value"),
+        "run_id": str(raw.get("run_id", "")),
     }
     try:
         json.dumps(result["value"], allow_nan=False)
@@ -492,7 +495,7 @@ class LMHandler:
             kind="llm" if kind == "root" else kind,
             depth=depth,
             model=model,
-            prompt_preview=preview[:PREVIEW_CHARS],
+            prompt_preview=preview[:RECORD_PROMPT_CHARS],
             response="",
             usage=Usage(),
             started=time.time(),
@@ -750,6 +753,7 @@ class LMHandler:
         except BaseException as exc:
             self._finish(session, record, error=exc)
             raise
+        record.child_run_id = result["run_id"]
         self._finish(
             session,
             record,

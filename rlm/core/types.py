@@ -209,6 +209,7 @@ class SubcallRecord:
     error: str | None = None
     id: str = ""
     parent_id: str = ""
+    child_run_id: str = ""  # for kind "rlm": the run id of the child RLM it started
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -118,6 +118,7 @@ def subcall_record(
         "ended": record.ended,
         "duration": max(0.0, record.ended - record.started) if record.ended else None,
         "error": record.error,
+        "child_run_id": record.child_run_id or None,
     }
 
 
