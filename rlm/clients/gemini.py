@@ -46,10 +46,13 @@ class GeminiClient(BaseLM):
         *,
         api_key: str | None = None,
         base_url: str | None = None,
+        api_version: str | None = None,
         default_headers: Mapping[str, str] | None = None,
         client_kwargs: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> None:
+        """`api_version` picks the REST version path ("v1beta", "v1"); gateways such as the
+        LiteLLM proxy serve generateContent on /v1beta only."""
         check_options(self.provider, options)
         super().__init__(model_name, **options)
         self._genai = require("google.genai", extra="gemini", package="google-genai")
@@ -57,6 +60,7 @@ class GeminiClient(BaseLM):
         self._errors = require("google.genai.errors", extra="gemini", package="google-genai")
         self._api_key = resolve_api_key(self.provider, api_key, "GEMINI_API_KEY", "GOOGLE_API_KEY")
         self.base_url = base_url
+        self.api_version = api_version
         self.default_headers = dict(default_headers or {})
         self.client_kwargs = dict(client_kwargs or {})
         self._client: Any = None
@@ -72,6 +76,7 @@ class GeminiClient(BaseLM):
             types = self._types
             http_options = types.HttpOptions(
                 base_url=self.base_url,
+                api_version=self.api_version,
                 headers=self.default_headers or None,
                 timeout=None if self.timeout is None else max(1, int(self.timeout * 1000)),
                 retry_options=types.HttpRetryOptions(attempts=1),

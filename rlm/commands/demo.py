@@ -1,13 +1,14 @@
 """`rlm demo`: a complete RLM run over a generated long document.
 
-The document is a seeded needle-in-a-haystack text (rlm.bench.sniah) far longer than the
-sub-model's window. Which models run depends on what is available, and the output says so:
+The document is a seeded needle-in-a-haystack text (rlm.bench.sniah) longer than the sub-model
+reads at once. Which models run depends on what is available, and the output says so:
 1. a provider key (OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY/GOOGLE_API_KEY): that
    provider's model is the root and answers the sub-calls;
-2. otherwise the local real model (SmolLM2-135M-Instruct behind llama.cpp's OpenAI-compatible
-   server, started by scripts/model_server.sh when it is not running) answers the sub-calls,
-   and a scripted root writes the decomposition code a good model would write.
-Exit status: 0 when the answer contains the needle's value, 1 when it does not, 2 on bad usage.
+2. otherwise (or with --offline) the local real model, SmolLM2-135M-Instruct behind llama.cpp's
+   OpenAI-compatible server (started with scripts/model_server.sh when it is not running),
+   answers the sub-calls, and a scripted root writes the code a good root model would write.
+Exit status: 0 when the answer contains the needle's value, 1 when it does not, 2 when the demo
+could not run (bad arguments, no model to talk to).
 """
 
 from __future__ import annotations
@@ -31,22 +32,70 @@ PROVIDERS = [
 ]
 LOCAL_URL = os.environ.get("RLM_LOCAL_MODEL_URL", "http://127.0.0.1:8765/v1")
 LOCAL_MODEL = os.environ.get("RLM_LOCAL_MODEL_NAME", "smollm2")
-CHUNK_CHARS = 12_000  # fits SmolLM2's 8K-token window with room for the question
+LOCAL_DESCRIPTION = "SmolLM2-135M-Instruct via llama.cpp"
+# The scripted root's chunk size. The local server's window is 8,192 tokens and this prose
+# runs about 5 characters per SmolLM2 token, so a chunk is ~1,000 tokens: far inside the
+# window, and short enough for a 135M model to find one sentence in and for two CPU cores to
+# read in seconds.
+CHUNK_CHARS = 5_000
+LOCAL_MAX_TOKENS = 32  # the answer is a 7-digit number; a cap keeps a rambling reply short
+SERVER_START_TIMEOUT = 3_600.0  # the first start builds llama.cpp from source
 
 FENCE = "```"
 
+DESCRIPTION = "A complete RLM run over a generated long document with one hidden fact."
+EPILOG = f"""\
+models:
+  With OPENAI_API_KEY, ANTHROPIC_API_KEY or GEMINI_API_KEY (or GOOGLE_API_KEY) set, that
+  provider's model writes the root code and answers the sub-calls (checked in that order).
+  Without a key, or with --offline, a scripted root LM writes the code a good model would
+  write, and the local real model ({LOCAL_DESCRIPTION}) answers every
+  sub-call. When nothing answers at RLM_LOCAL_MODEL_URL ({LOCAL_URL}),
+  scripts/model_server.sh starts it; the first start builds llama.cpp from source (20-40
+  minutes on 2 cores). It keeps running afterwards: scripts/model_server.sh stop ends it.
+
+exit status:
+  0 the answer contains the hidden value, 1 it does not, 2 the demo could not run.
+
+examples:
+  rlm demo                           # a 16K-token document, live console view
+  rlm demo --length 2048 --quiet     # a short document, only the summary
+  rlm demo --offline --log-dir logs  # the local model even with a key set; keep the trajectory
+"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--length", type=int, default=16_384, help="document length in tokens")
-    parser.add_argument("--seed", type=int, default=0, help="which generated document")
-    parser.add_argument("--environment", default="local", help="where the code runs")
+    parser.description = DESCRIPTION
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument(
+        "--length",
+        type=_positive,
+        default=16_384,
+        help="document length in nominal tokens, ~4 characters each (default: 16384)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="which generated document (default: 0)")
+    parser.add_argument(
+        "--environment",
+        default="local",
+        help="where the root's code runs: local, process, docker, ... (default: local)",
+    )
     parser.add_argument("--log-dir", default=None, help="write the trajectory here (JSONL)")
-    parser.add_argument("--quiet", action="store_true", help="no live console view")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no live console view, only the summary"
+    )
     parser.add_argument(
         "--offline",
         action="store_true",
         help="ignore provider keys and use the local real model",
     )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
 def main(args: argparse.Namespace) -> int:
@@ -56,7 +105,8 @@ def main(args: argparse.Namespace) -> int:
     task = sniah.generate(args.length, args.seed)
     print(
         f"rlm demo: a {len(task.context):,}-character document (~{task.approx_tokens:,} tokens) "
-        f"with one hidden fact.\nQuestion: {task.question}\n"
+        f"with one hidden fact.\nQuestion: {task.question}\n",
+        flush=True,
     )
     provider = None if args.offline else _provider_from_env()
     kwargs: dict[str, Any] = {"environment": args.environment, "max_iterations": 12}
@@ -70,20 +120,32 @@ def main(args: argparse.Namespace) -> int:
             other_backend_kwargs=[{"model_name": model}],
         )
     else:
+        why = (
+            "--offline is set"
+            if args.offline
+            else "no provider key is set (OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY)"
+        )
         if not _ensure_local_model():
             return 2
         print(
-            "No provider key is set (OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY), so this\n"
-            f"demo runs a scripted root LM, and the real local model {LOCAL_MODEL} "
-            f"(SmolLM2-135M-Instruct\nvia llama.cpp at {LOCAL_URL}) answers every sub-call. "
-            "Set a key to use a real provider.\n"
+            f"Running with the local model: {why}.\n"
+            f"A scripted root LM writes the code, and the real local model {LOCAL_MODEL!r} "
+            f"({LOCAL_DESCRIPTION}\nat {LOCAL_URL}) answers every sub-call. "
+            "Set a provider key to use a real root model.\n",
+            flush=True,
         )
         kwargs.update(
             backend="scripted",
             backend_kwargs={"model_name": "scripted-root", "responses": _scripted_root},
             other_backends=["vllm"],
             other_backend_kwargs=[
-                {"model_name": LOCAL_MODEL, "base_url": LOCAL_URL, "timeout": 300.0}
+                {
+                    "model_name": LOCAL_MODEL,
+                    "base_url": LOCAL_URL,
+                    "timeout": 300.0,
+                    "max_retries": 1,
+                    "sampling_args": {"max_tokens": LOCAL_MAX_TOKENS, "temperature": 0.0},
+                }
             ],
         )
     if args.log_dir:
@@ -98,6 +160,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"\nAnswer: {out.response}")
     print(f"Expected: {task.gold} -> {'correct' if correct else 'not correct'}")
     print(f"Stop reason: {out.stop_reason}; {out.iterations} turns; {out.execution_time:.1f} s")
+    if out.error:
+        print(f"Error: {out.error}")
     for model, usage in out.usage_summary.model_usage_summaries.items():
         cost = "n/a" if usage.total_cost is None else f"${usage.total_cost:.4f}"
         print(
@@ -122,21 +186,54 @@ def _answers(url: str) -> bool:
         return False
 
 
+def _server_script() -> Path | None:
+    """scripts/model_server.sh of the checkout this package runs from, else of the cwd."""
+    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
+        script = root / "scripts" / "model_server.sh"
+        if script.is_file():
+            return script
+    return None
+
+
 def _ensure_local_model() -> bool:
-    """Start the local model server with scripts/model_server.sh when it is not running."""
+    """True when the local model answers, starting it with scripts/model_server.sh if needed."""
     if _answers(LOCAL_URL):
         return True
-    script = Path.cwd() / "scripts" / "model_server.sh"
-    if not script.exists() or shutil.which("bash") is None:
-        print(
-            f"rlm demo: no provider key is set and no local model answers at {LOCAL_URL}.\n"
-            "Run scripts/model_server.sh start from an rlm checkout, or set a provider key.",
-            file=sys.stderr,
+    script = _server_script()
+    bash = shutil.which("bash")
+    if script is None or bash is None:
+        _fail(
+            f"no local model answers at {LOCAL_URL}, and scripts/model_server.sh (which starts "
+            "one) is not here: run rlm demo from an rlm checkout, point RLM_LOCAL_MODEL_URL at "
+            "an OpenAI-compatible server, or set a provider key."
         )
         return False
-    print("Starting the local model server (scripts/model_server.sh start)...", flush=True)
-    subprocess.run(["bash", str(script), "start"], check=True)
-    return _answers(LOCAL_URL)
+    print(
+        f"Starting the local model server ({script.parent.name}/{script.name} start model).\n"
+        "The first start builds llama.cpp from source (20-40 minutes on 2 cores); later "
+        "starts take seconds.",
+        flush=True,
+    )
+    logs = script.parents[1] / ".rlm" / "model-server"
+    try:
+        subprocess.run(
+            [bash, str(script), "start", "model"], check=True, timeout=SERVER_START_TIMEOUT
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+        _fail(f"the local model server did not start ({exc}); its logs are in {logs}/.")
+        return False
+    if not _answers(LOCAL_URL):
+        _fail(
+            f"the model server started but nothing answers at {LOCAL_URL}; check "
+            f"RLM_LOCAL_MODEL_URL and RLM_MODEL_PORT, and the logs in {logs}/."
+        )
+        return False
+    print("The local model server is running (stop it with scripts/model_server.sh stop).\n")
+    return True
+
+
+def _fail(message: str) -> None:
+    print(f"rlm demo: {message}", file=sys.stderr, flush=True)
 
 
 def _scripted_root(messages: list[Message]) -> str:
@@ -163,7 +260,8 @@ def _scripted_root(messages: list[Message]) -> str:
             "candidates = [c for c in chunks if key in c] or chunks\n"
             "print(len(chunks), 'chunks,', len(candidates), 'mention the key')\n"
             "replies = llm_query_batched([\n"
-            "    f'Reply with only the special magic number for {key} in this text.\\n\\n{c}'\n"
+            "    f'{c}\\n\\nWhat is the special magic number for {key} in the text above? '\n"
+            "    'Reply with the number only.'\n"
             "    for c in candidates\n"
             "])\n"
             "print(replies)\n"
