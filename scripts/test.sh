@@ -33,6 +33,7 @@ if ! wait "$model_setup"; then
   exit 1
 fi
 eval "$(scripts/model_server.sh env)"
+if [ "${CI:-}" = true ]; then trap 'scripts/model_server.sh stop >/dev/null 2>&1 || true' EXIT; fi
 export RLM_REQUIRE_DOCKER=1 RLM_REQUIRE_BROWSER=1 RLM_REQUIRE_REAL_MODEL=1
 
 step "ruff"
