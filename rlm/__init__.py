@@ -11,6 +11,7 @@
 from rlm.clients import get_client
 from rlm.clients.base import BaseLM
 from rlm.clients.scripted import ScriptedLM
+from rlm.core.cache import SubcallCache
 from rlm.core.events import Observer
 from rlm.core.rlm import RLM
 from rlm.core.types import (
@@ -74,6 +75,7 @@ __all__ = [
     "RemoteError",
     "SandboxError",
     "ScriptedLM",
+    "SubcallCache",
     "SubcallLimitExceededError",
     "TimeoutExceededError",
     "TokenLimitExceededError",

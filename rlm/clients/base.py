@@ -10,6 +10,7 @@ adaptive concurrency limit, and pricing calls that the provider did not price.
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 import time
 from abc import ABC, abstractmethod
@@ -23,13 +24,15 @@ from rlm.errors import ConfigurationError, ProviderError
 
 DEFAULT_TIMEOUT = 300.0
 DEFAULT_MAX_RETRIES = 4
-DEFAULT_MAX_CONCURRENCY = 128
+DEFAULT_MAX_CONCURRENCY = 256
 
 
 class AdaptiveLimiter:
     """Bounds requests in flight: halved on a rate limit, grown back by one per success.
 
-    Built lazily inside the running loop (asyncio primitives bind to the loop that first uses them).
+    Waiters queue in FIFO order and a release wakes only as many as there are free slots, so
+    a burst of N requests costs O(N) wake-ups (a condition's notify_all would cost O(N^2)).
+    Futures are created inside the running loop, so the limiter binds to no loop up front.
     """
 
     def __init__(self, maximum: int) -> None:
@@ -38,28 +41,37 @@ class AdaptiveLimiter:
         self.maximum = maximum
         self.limit = maximum
         self.in_flight = 0
-        self._cond: asyncio.Condition | None = None
-
-    def _condition(self) -> asyncio.Condition:
-        if self._cond is None:
-            self._cond = asyncio.Condition()
-        return self._cond
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     async def acquire(self) -> None:
-        cond = self._condition()
-        async with cond:
-            await cond.wait_for(lambda: self.in_flight < self.limit)
+        if self.in_flight < self.limit and not self._waiters:
             self.in_flight += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # a release hands its slot over: in_flight already counts us
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release_slot()  # the slot arrived with the cancellation: pass it on
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
 
     async def release(self, *, rate_limited: bool) -> None:
-        cond = self._condition()
-        async with cond:
-            self.in_flight -= 1
-            if rate_limited:
-                self.limit = max(1, self.limit // 2)
-            elif self.limit < self.maximum:
-                self.limit += 1
-            cond.notify_all()
+        if rate_limited:
+            self.limit = max(1, self.limit // 2)
+        elif self.limit < self.maximum:
+            self.limit += 1
+        self._release_slot()
+
+    def _release_slot(self) -> None:
+        self.in_flight -= 1
+        while self._waiters and self.in_flight < self.limit:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_flight += 1
+                waiter.set_result(None)
 
 
 class BaseLM(ABC):

@@ -30,6 +30,7 @@ from typing import Any, Literal
 from rlm.clients.base import BaseLM
 from rlm.core.aio import get_loop, in_loop_thread, on_loop, run_sync, to_thread
 from rlm.core.budget import Budget
+from rlm.core.cache import SubcallCache, cache_key
 from rlm.core.router import Router
 from rlm.core.types import LMResponse, Prompt, SubcallRecord, Usage, UsageLedger, to_messages
 from rlm.environments.base import HandlerEndpoint
@@ -250,6 +251,12 @@ def _spawn_result(raw: Any) -> dict[str, Any]:
     return result
 
 
+def _endpoint(client: BaseLM) -> str | None:
+    """Where a client sends requests (part of a sub-call cache key), when it says."""
+    endpoint = getattr(client, "base_url", None) or getattr(client, "azure_endpoint", None)
+    return endpoint if isinstance(endpoint, str) else None
+
+
 def _call_back(callback: RecordCallback | None, record: SubcallRecord) -> None:
     if callback is None:
         return
@@ -287,10 +294,12 @@ class LMHandler:
         hello_timeout: float = 10.0,
         max_connections: int = 1024,
         max_in_flight: int = 256,
+        cache: SubcallCache | None = None,
     ) -> None:
         if max_connections < 1 or max_in_flight < 1:
             raise ConfigurationError("max_connections and max_in_flight must be >= 1")
         self.router = Router(client, others=other_clients, by_depth=depth_clients)
+        self.cache = cache  # the sub-call cache (rlm.core.cache), None when off
         self.host = host
         self.max_frame_bytes = max_frame_bytes
         self.frame_timeout = frame_timeout
@@ -457,7 +466,7 @@ class LMHandler:
             record = self._begin(session, kind, depth, client.model_name, _prompt_text(prompt))
         try:
             try:
-                response = await client.acompletion(prompt, **(sampling or {}))
+                response = await self._call_client(client, prompt, sampling or {})
             except (RLMError, asyncio.CancelledError):
                 raise
             except Exception as exc:  # a client bug, not a provider answer: still typed
@@ -472,11 +481,32 @@ class LMHandler:
         if budget is not None:
             budget.record(response.usage)
         if session is not None and session.ledger is not None:
-            session.ledger.record(served_by, response.usage)
+            session.ledger.record(served_by, response.usage, cached=response.cached)
         if session is not None and record is not None:
             self._finish(
                 session, record, response=response.text, model=served_by, usage=response.usage
             )
+        return response
+
+    async def _call_client(
+        self, client: BaseLM, prompt: Prompt, sampling: Mapping[str, Any]
+    ) -> LMResponse:
+        """The provider call, or the sub-call cache's stored answer to the same request."""
+        cache = self.cache
+        key = None
+        if cache is not None:
+            key = cache_key(
+                provider=client.provider,
+                model=client.model_name,
+                endpoint=_endpoint(client),
+                prompt=prompt,
+                sampling={**client.sampling_args, **sampling},
+            )
+            if key is not None and (hit := await cache.aget(key)) is not None:
+                return hit
+        response = await client.acompletion(prompt, **sampling)
+        if cache is not None and key is not None:
+            await cache.aput(key, response)
         return response
 
     def completion(self, prompt: Prompt, *, depth: int = 0, model: str | None = None) -> LMResponse:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -22,6 +23,7 @@ from rlm.clients.base import BaseLM
 from rlm.clients.pricing import context_window
 from rlm.core.aio import on_loop, run_sync, spawn, to_thread
 from rlm.core.budget import Budget, Limits
+from rlm.core.cache import SubcallCache
 from rlm.core.events import CallbackObserver, Events, EventStream, Observer, RunEvent, RunInfo
 from rlm.core.lm_handler import LMHandler, Session
 from rlm.core.types import (
@@ -46,6 +48,7 @@ from rlm.errors import (
     RLMError,
     TimeoutExceededError,
 )
+from rlm.logger.redact import register_sensitive_values
 from rlm.parsing import find_code_blocks, find_final, ignored_languages, strip_code
 from rlm.prompts import (
     ANSWER_NOW,
@@ -106,6 +109,9 @@ class RLM:
             that share of the root model's window (tokens; known models are looked up), older
             turns are summarised into one message; the full transcript stays in `history`.
         observers: extra `rlm.core.events.Observer`s (loggers, UIs).
+        cache: the sub-call cache (`rlm.core.cache`): a `SubcallCache`, a SQLite file path, or
+            True for the default path. Identical LM requests, root turns included, are answered
+            from it at zero cost, so re-running a run makes no provider calls.
     """
 
     def __init__(
@@ -142,6 +148,7 @@ class RLM:
         on_iteration_start: Callable[..., Any] | None = None,
         on_iteration_complete: Callable[..., Any] | None = None,
         observers: Sequence[Observer] = (),
+        cache: SubcallCache | str | os.PathLike[str] | bool | None = None,
     ) -> None:
         _check_int("depth", depth, minimum=0)
         _check_int("max_depth", max_depth, minimum=1)
@@ -194,6 +201,9 @@ class RLM:
                 "other_backend_kwargs must have one entry per other_backends entry "
                 f"({len(others)} backends, {len(other_kwargs)} kwargs)"
             )
+        # Keys given in code have no shape a log scrubber could recognise: register them.
+        for kwargs in (backend_kwargs, *other_kwargs, *(depth_backends or {}).values()):
+            register_sensitive_values(kwargs)
         self.root_client: BaseLM = get_client(backend, backend_kwargs or {})
         self.other_clients = [get_client(b, kw) for b, kw in zip(others, other_kwargs, strict=True)]
         self.depth_clients = {
@@ -201,7 +211,10 @@ class RLM:
             for d, spec in (depth_backends or {}).items()
         }
         self.handler = LMHandler(
-            self.root_client, other_clients=self.other_clients, depth_clients=self.depth_clients
+            self.root_client,
+            other_clients=self.other_clients,
+            depth_clients=self.depth_clients,
+            cache=SubcallCache.of(cache),
         )
 
         observer_list = list(observers)

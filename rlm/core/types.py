@@ -53,7 +53,14 @@ class Usage:
     cost: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not asdict(): its deep copy is the largest cost of summarising a run of many calls.
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cached_tokens": self.cached_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "cost": self.cost,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Usage:
@@ -104,9 +111,11 @@ class ModelUsageSummary:
     total_cached_tokens: int = 0
     total_cost: float | None = None
     unpriced_calls: int = 0
+    cache_hits: int = 0  # calls answered by the sub-call cache (counted in total_calls too)
 
-    def add(self, usage: Usage) -> None:
+    def add(self, usage: Usage, *, cached: bool = False) -> None:
         self.total_calls += 1
+        self.cache_hits += int(cached)
         self.total_input_tokens += usage.input_tokens
         self.total_output_tokens += usage.output_tokens
         self.total_cached_tokens += usage.cached_tokens
@@ -146,6 +155,10 @@ class UsageSummary:
         return self.total_input_tokens + self.total_output_tokens
 
     @property
+    def total_cache_hits(self) -> int:
+        return sum(m.cache_hits for m in self.model_usage_summaries.values())
+
+    @property
     def total_cost(self) -> float | None:
         costs = [
             m.total_cost for m in self.model_usage_summaries.values() if m.total_cost is not None
@@ -180,11 +193,11 @@ class UsageLedger:
         self._lock = threading.Lock()
         self._models: dict[str, ModelUsageSummary] = {}
 
-    def record(self, model: str, usage: Usage) -> None:
+    def record(self, model: str, usage: Usage, *, cached: bool = False) -> None:
         ledger: UsageLedger | None = self
         while ledger is not None:
             with ledger._lock:
-                ledger._models.setdefault(model, ModelUsageSummary()).add(usage)
+                ledger._models.setdefault(model, ModelUsageSummary()).add(usage, cached=cached)
             ledger = ledger._parent
 
     def summary(self) -> UsageSummary:
@@ -212,7 +225,8 @@ class SubcallRecord:
     child_run_id: str = ""  # for kind "rlm": the run id of the child RLM it started
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        # Shallow on purpose (see Usage.to_dict): every other field is a scalar.
+        data = {f: getattr(self, f) for f in self.__dataclass_fields__}
         data["usage"] = self.usage.to_dict()
         return data
 

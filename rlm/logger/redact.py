@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -93,6 +94,36 @@ def env_secrets(environ: Mapping[str, str] | None = None) -> list[str]:
     ]
 
 
+_registry_lock = threading.Lock()
+_registered: tuple[str, ...] = ()  # process-wide secrets every Redactor scrubs
+
+
+def register_secret(value: Any) -> None:
+    """Scrub this exact value in every Redactor of the process, present and future.
+
+    For keys handed over in code rather than the environment (an `api_key` in
+    `backend_kwargs`): they have no recognisable shape, and a model, a provider error or
+    sandbox output may repeat them.
+    """
+    global _registered
+    if not isinstance(value, str) or len(value) < _MIN_SECRET_LEN:
+        return
+    with _registry_lock:
+        if value not in _registered:
+            _registered = (*_registered, value)
+
+
+def register_sensitive_values(data: Any, depth: int = 0) -> None:
+    """`register_secret` every string held under a sensitive key name in nested mappings."""
+    if depth > 4 or not isinstance(data, Mapping):
+        return
+    for key, value in data.items():
+        if isinstance(value, str) and is_sensitive_key(str(key)):
+            register_secret(value)
+        else:
+            register_sensitive_values(value, depth + 1)
+
+
 class Redactor:
     """Scrubs secrets from strings and from nested JSON-like data (returns copies)."""
 
@@ -102,16 +133,27 @@ class Redactor:
             values.update(env_secrets())
         # Longest first, so a secret that contains another is removed whole.
         self._secrets = sorted(values, key=len, reverse=True)
+        self._merged: tuple[tuple[str, ...], list[str]] = ((), self._secrets)
 
     def add_secret(self, value: str) -> None:
         """Scrub this exact value from now on (a key that was passed in code, not via env)."""
         if isinstance(value, str) and len(value) >= _MIN_SECRET_LEN and value not in self._secrets:
             self._secrets.append(value)
             self._secrets.sort(key=len, reverse=True)
+            self._merged = ((), self._secrets)
+
+    def _all_secrets(self) -> list[str]:
+        """Own secrets and the process-wide registry, longest first (re-merged on change)."""
+        registered = _registered
+        seen, merged = self._merged
+        if seen is not registered:
+            merged = sorted({*self._secrets, *registered}, key=len, reverse=True)
+            self._merged = (registered, merged)
+        return merged
 
     def text(self, value: str) -> str:
         """One string with every known secret and credential-shaped substring replaced."""
-        for secret in self._secrets:
+        for secret in self._all_secrets():
             if secret in value:
                 value = value.replace(secret, REDACTED)
         for pattern in _VALUE_PATTERNS:

@@ -45,7 +45,6 @@ import argparse
 import collections
 import contextlib
 import random
-import socket
 import threading
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
@@ -61,7 +60,7 @@ from rlm.testing._wire_common import (
     tokens_of,
 )
 from rlm.testing._wire_gemini import count_tokens_body
-from rlm.testing._wire_http import SimHandler, SimServer
+from rlm.testing._wire_http import SimServer
 
 FAULT_KINDS = ("429", "500", "reset", "timeout", "400", "401")
 
@@ -119,7 +118,7 @@ class ProviderSimulator:
     """A local HTTP server that speaks the OpenAI, Azure OpenAI, Anthropic and Gemini APIs.
 
     `reply` is the answer text, or a function of the `SimRequest` returning a str or a
-    `SimReply` (it runs on the server's request threads, concurrently; an exception becomes a
+    `SimReply` (it runs in the server's thread pool, concurrently; an exception becomes a
     500 carrying its message). See the module docstring for the order of checks and the
     prompt-caching rules.
     """
@@ -154,10 +153,7 @@ class ProviderSimulator:
         self._rng_plan = self.faults
         self._forced: collections.deque[str] = collections.deque()
         self._cache = PromptCache()
-        self._stopping = threading.Event()
         self._server: SimServer | None = None
-        self._thread: threading.Thread | None = None
-        self._connections: set[socket.socket] = set()
         self._status_counts: collections.Counter[int] = collections.Counter()
         self._fault_counts: collections.Counter[str] = collections.Counter()
         self._generation_requests = 0
@@ -171,36 +167,18 @@ class ProviderSimulator:
         with self._lock:
             if self._server is not None:
                 return self.url
-            self._stopping.clear()
-            server = SimServer((self.host, self.port), SimHandler)
-            server.sim = self
+            server = SimServer(self, self.host, self.port)
+            server.start()
             self._server = server
-            self._thread = threading.Thread(
-                target=server.serve_forever,
-                kwargs={"poll_interval": 0.05},
-                name=f"rlm-simulator-{server.server_address[1]}",
-                daemon=True,
-            )
-            self._thread.start()
         return self.url
 
     def stop(self) -> None:
         """Stop serving: close the listener and every open connection, end stalls at once."""
         with self._lock:
-            server, thread = self._server, self._thread
-            self._server = self._thread = None
-            connections = list(self._connections)
+            server, self._server = self._server, None
         if server is None:
             return
-        self._stopping.set()
-        server.shutdown()
-        server.server_close()
-        server.pool.close()
-        for conn in connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        if thread is not None:
-            thread.join(timeout=5)
+        server.stop()
 
     def __enter__(self) -> ProviderSimulator:
         self.start()
@@ -262,13 +240,6 @@ class ProviderSimulator:
         return f"ProviderSimulator({where})"
 
     # -- request handling (server threads) --------------------------------------------------
-
-    def _track(self, conn: socket.socket, *, add: bool) -> None:
-        with self._lock:
-            if add:
-                self._connections.add(conn)
-            else:
-                self._connections.discard(conn)
 
     def _count_status(self, status: int) -> None:
         with self._lock:
