@@ -15,26 +15,20 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from rlm.clients import get_client
 from rlm.clients.base import BaseLM
-from rlm.clients.pricing import context_window
 from rlm.core.aio import on_loop, run_sync, spawn, to_thread
 from rlm.core.budget import Budget, Limits
 from rlm.core.cache import SubcallCache
 from rlm.core.events import CallbackObserver, Events, EventStream, Observer, RunEvent, RunInfo
 from rlm.core.lm_handler import LMHandler, Session
+from rlm.core.loop import RunLoop, Tree, jsonable_messages
 from rlm.core.types import (
-    CodeBlock,
-    LMResponse,
-    Message,
     QueryMetadata,
-    REPLResult,
     RLMChatCompletion,
-    RLMIteration,
-    StopReason,
     SubcallRecord,
     Usage,
     UsageLedger,
@@ -44,35 +38,18 @@ from rlm.environments.base import BaseEnv, ToolSpec
 from rlm.errors import (
     ConfigurationError,
     ContextLoadError,
-    LimitExceededError,
     RLMError,
-    TimeoutExceededError,
 )
 from rlm.logger.redact import register_sensitive_values
-from rlm.parsing import find_code_blocks, find_final, ignored_languages, strip_code
 from rlm.prompts import (
-    ANSWER_NOW,
-    COMPACTION_REQUEST,
     build_system_prompt,
-    compaction_note,
     context_metadata_message,
-    feedback_message,
-    no_code_message,
 )
 from rlm.runtime.repl import HELPER_NAMES, to_jsonable
 
 RESERVED_NAMES = frozenset({*HELPER_NAMES, "answer", "context", "history"})
 
 CHILD_TASK_PROMPT = "The task is given in `context`: read it and do what it asks."
-
-
-@dataclass
-class _Tree:
-    """What a top-level completion shares with every child run below it."""
-
-    budget: Budget
-    events: Events
-    child_slots: dict[int, asyncio.Semaphore] = field(default_factory=dict)
 
 
 @dataclass
@@ -296,7 +273,7 @@ class RLM:
             raise ConfigurationError("root_prompt must be a str or None")
         if self.handler.address is None:
             await self.handler.astart()
-        tree = _Tree(Budget(self.limits), Events([*self.observers, *extra_observers]))
+        tree = Tree(Budget(self.limits), Events([*self.observers, *extra_observers]))
         if not self.persistent:
             return await self._run(prompt, root_prompt, self.depth, tree, UsageLedger(), "", None)
         if self._persistent_lock is None:
@@ -311,7 +288,7 @@ class RLM:
         context: Any,
         root_prompt: str | None,
         depth: int,
-        tree: _Tree,
+        tree: Tree,
         ledger: UsageLedger,
         parent_id: str,
         model: str | None,
@@ -340,7 +317,7 @@ class RLM:
         session, env, index = await self._open(
             tree, ledger, depth, run_id, info, tools, specs, persistent
         )
-        loop = _Loop(self, tree, info, session, env, client.model_name if model else None, index)
+        loop = RunLoop(self, tree, info, session, env, client.model_name if model else None, index)
         try:
             await to_thread(env.load_context, context, index)
             tree.events.emit("on_run_start", info)
@@ -360,7 +337,7 @@ class RLM:
         finally:
             if persistent:
                 assert self._persistent is not None
-                await to_thread(env.add_history, _jsonable_messages(loop.transcript), index)
+                await to_thread(env.add_history, jsonable_messages(loop.transcript), index)
             else:
                 self.handler.close_session(session)
                 await to_thread(env.cleanup)
@@ -386,7 +363,7 @@ class RLM:
 
     async def _open(
         self,
-        tree: _Tree,
+        tree: Tree,
         ledger: UsageLedger,
         depth: int,
         run_id: str,
@@ -442,7 +419,7 @@ class RLM:
 
     async def _spawn(
         self,
-        tree: _Tree,
+        tree: Tree,
         parent_ledger: UsageLedger,
         parent_depth: int,
         parent_id: str,
@@ -500,204 +477,6 @@ class RLM:
             "persistent": self.persistent,
             "other_models": [c.model_name for c in self.other_clients],
         }
-
-
-class _Loop:
-    """The turns of one run. Kept apart from `RLM` so its state is plainly per run."""
-
-    def __init__(
-        self,
-        rlm: RLM,
-        tree: _Tree,
-        info: RunInfo,
-        session: Session,
-        env: BaseEnv,
-        model: str | None,
-        history_index: int = 0,
-    ) -> None:
-        self.rlm = rlm
-        self.tree = tree
-        self.info = info
-        self.session = session
-        self.env = env
-        self.model = model
-        self.messages: list[Message] = []  # what the next root request sends
-        self.transcript: list[Message] = []  # every message of the run, compactions included
-        self.history_index = history_index
-        self.compactions = 0
-        self._last_input_tokens = 0  # the provider's count for the previous root request
-        self._counted = 0  # messages covered by _last_input_tokens
-        self.records: list[RLMIteration] = []
-        self.iteration = 0
-        self.answer_text: str | None = None
-        self.answer_value: Any = None
-        self.best = ""
-        self.stop_reason: StopReason = "max_iterations"
-        self.error: str | None = None
-        self._sent = 0  # messages already sent in an earlier request
-
-    async def run(self, messages: list[Message]) -> None:
-        self.messages = messages
-        self.transcript = list(messages)
-        budget = self.tree.budget
-        try:
-            async with asyncio.timeout(budget.remaining_time()):
-                await self._turns()
-        except TimeoutError:
-            budget.trip(
-                TimeoutExceededError(f"max_timeout of {budget.limits.max_timeout}s exceeded")
-            )
-            self.stop_reason = "max_timeout"
-        except LimitExceededError as exc:
-            self.stop_reason = exc.stop_reason  # type: ignore[assignment]
-        except RLMError as exc:
-            self.stop_reason = "error"
-            self.error = f"{type(exc).__name__}: {exc}"
-
-    async def _turns(self) -> None:
-        rlm = self.rlm
-        consecutive_errors = 0
-        while self.iteration < rlm.max_iterations:
-            self.iteration += 1
-            self.tree.events.emit("on_iteration_start", self.info, self.iteration)
-            started = time.monotonic()
-            reply, usage = await self._ask()
-            blocks = await self._run_blocks(reply)
-            if self.answer_text is None:
-                await self._final_from_prose(reply, blocks)
-            self._record(reply, blocks, started, usage)
-            if self.answer_text is not None:
-                self.stop_reason = "final_answer"
-                return
-            self.best = strip_code(reply) or self.best
-            consecutive_errors = (
-                consecutive_errors + 1 if any(b.result.error for b in blocks) else 0
-            )
-            if rlm.max_errors is not None and consecutive_errors >= rlm.max_errors:
-                self.stop_reason = "max_errors"
-                return
-            self.tree.budget.check()
-            if blocks:
-                text = feedback_message(
-                    [b.result for b in blocks],
-                    iteration=self.iteration,
-                    max_iterations=rlm.max_iterations,
-                    limit=rlm.max_output_chars,
-                )
-            else:
-                text = no_code_message(
-                    iteration=self.iteration,
-                    max_iterations=rlm.max_iterations,
-                    ignored=ignored_languages(reply),
-                )
-            self._append({"role": "user", "content": text})
-        await self._answer_now()
-
-    async def _answer_now(self) -> None:
-        """Out of turns: one last call asking for the answer; its code still runs."""
-        self._append({"role": "user", "content": ANSWER_NOW})
-        started = time.monotonic()
-        reply, usage = await self._ask()
-        blocks = await self._run_blocks(reply)
-        if self.answer_text is None:
-            await self._final_from_prose(reply, blocks)
-        self._record(reply, blocks, started, usage)
-        if self.answer_text is None:
-            self.best = strip_code(reply) or self.best
-        self.stop_reason = "max_iterations"
-
-    def _append(self, message: Message) -> None:
-        self.messages.append(message)
-        self.transcript.append(message)
-
-    async def _ask(self) -> tuple[str, Usage]:
-        if self.rlm.compaction and self._near_window():
-            await self._compact()
-        response = await self._call(list(self.messages))
-        self._last_input_tokens = response.usage.input_tokens
-        self._counted = len(self.messages)
-        self._append({"role": "assistant", "content": response.text})
-        return response.text, response.usage
-
-    async def _call(self, messages: list[Message]) -> LMResponse:
-        return await self.rlm.handler.acomplete(
-            messages, depth=self.info.depth, model=self.model, session=self.session, kind="root"
-        )
-
-    def _near_window(self) -> bool:
-        """Whether the next root request nears the compaction share of the model's window."""
-        window = self.rlm.context_window or context_window(self.info.root_model)
-        fresh = self.messages[self._counted :] if self._last_input_tokens else self.messages
-        estimate = self._last_input_tokens + sum(len(m["content"]) for m in fresh) // 4
-        return estimate >= self.rlm.compaction_threshold_pct * window
-
-    async def _compact(self) -> None:
-        """Summarise the turns so far into one message; the REPL keeps the full transcript.
-
-        This is the one place the root history is rewritten (a counted prompt-cache reset).
-        """
-        await to_thread(
-            self.env.add_history, _jsonable_messages(self.transcript), self.history_index
-        )
-        request = [*self.messages, {"role": "user", "content": COMPACTION_REQUEST}]
-        summary = (await self._call(request)).text
-        self.transcript.extend([request[-1], {"role": "assistant", "content": summary}])
-        self.compactions += 1
-        self.messages = [
-            self.messages[0],
-            self.messages[1],
-            {"role": "assistant", "content": summary},
-            {"role": "user", "content": compaction_note(self.compactions)},
-        ]
-        self.transcript.append(self.messages[-1])
-        self._sent = 0
-        self._last_input_tokens = 0
-        self.tree.events.emit("on_compaction", self.info, self.compactions, summary)
-
-    async def _run_blocks(self, reply: str) -> list[CodeBlock]:
-        blocks: list[CodeBlock] = []
-        for code in find_code_blocks(reply):
-            result = await self._execute(code)
-            blocks.append(CodeBlock(code, result))
-            if self.answer_text is not None or self.tree.budget.tripped is not None:
-                break
-        return blocks
-
-    async def _execute(self, code: str) -> REPLResult:
-        result = await to_thread(self.env.execute, code)
-        result.rlm_calls.extend(self.session.take_records())
-        if result.final_answer is not None and self.answer_text is None:
-            self.answer_text = result.final_answer
-            self.answer_value = result.final_value
-        return result
-
-    async def _final_from_prose(self, reply: str, blocks: list[CodeBlock]) -> None:
-        directive = find_final(reply)
-        if directive is None:
-            return
-        if directive.kind == "text":
-            self.answer_text = self.answer_value = directive.value
-            return
-        if not directive.value.isidentifier():
-            return
-        code = f"FINAL_VAR({directive.value!r})"
-        blocks.append(CodeBlock(code, await self._execute(code)))
-
-    def _record(self, reply: str, blocks: list[CodeBlock], started: float, usage: Usage) -> None:
-        # The prompt of a turn is what this request added: the previous reply is already the
-        # previous record's response, so it is left out and the log stays linear in size.
-        added = [m for m in self.messages[self._sent : -1] if m["role"] != "assistant"]
-        self._sent = len(self.messages)
-        record = RLMIteration(
-            prompt=added,
-            response=reply,
-            code_blocks=blocks,
-            final_answer=self.answer_text,
-            iteration_time=time.monotonic() - started,
-            usage=usage,
-        )
-        self.records.append(record)
-        self.tree.events.emit("on_iteration", self.info, len(self.records), record)
 
 
 # --------------------------------------------------------------------- helpers
@@ -765,7 +544,3 @@ def _normalise_tools(
                 ) from exc
             specs[name] = ToolSpec(name, description, False, entry)
     return callables, specs
-
-
-def _jsonable_messages(messages: list[Message]) -> list[Message]:
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
