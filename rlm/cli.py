@@ -7,9 +7,16 @@ imported only when that subcommand runs, so `rlm --help` stays fast and needs no
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from types import FrameType
+from typing import Any
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -36,6 +43,56 @@ def _version() -> str:
     return f"rlm {__version__}"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as a KeyboardInterrupt so the cleanup that Ctrl-C runs (sandboxes
+    killed, containers removed, logs closed) runs at once."""
+
+
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[list[bool]]:
+    """While the command runs, SIGTERM raises `Terminated` in the main thread. Without it
+    the process dies without running any code, and a sandbox lives on until its cell's
+    timeout. Only the main thread may install signal handlers; elsewhere nothing changes."""
+    received: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        received.append(True)
+        if len(received) == 1:
+            raise Terminated("terminated by SIGTERM")
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second one ends the process now
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _live_sandboxes() -> weakref.WeakSet[Any]:
+    if "rlm.environments.isolated" not in sys.modules:
+        return weakref.WeakSet()
+    from rlm.environments.isolated import live_sandboxes
+
+    return weakref.WeakSet(live_sandboxes())
+
+
+def _kill_new_sandboxes(before: weakref.WeakSet[Any]) -> None:
+    """Sandboxes the command started that are still alive when it ends: an interrupted run's
+    cleanup runs on the event loop and may lose the race with the interpreter's exit. Killed
+    now, not at the running cell's timeout."""
+    if "rlm.environments.isolated" in sys.modules:
+        from rlm.environments.isolated import kill_live_sandboxes
+
+        kill_live_sandboxes("the rlm command ended", keep=before)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] not in COMMANDS:
@@ -48,7 +105,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"rlm {name}", description=help_text)
     module.add_arguments(parser)
-    result: int = module.main(parser.parse_args(rest))
+    parsed = parser.parse_args(rest)
+    before = _live_sandboxes()
+    with _sigterm_interrupts() as terminated:
+        try:
+            result: int = module.main(parsed)
+        except KeyboardInterrupt:
+            if not terminated:
+                raise
+            result = EXIT_TERMINATED
+        finally:
+            _kill_new_sandboxes(before)
+        if terminated:  # the command may have turned the interrupt into its own status
+            print("rlm: terminated", file=sys.stderr)
+            return EXIT_TERMINATED
     return result
 
 

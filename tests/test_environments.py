@@ -358,6 +358,70 @@ def test_fork_bomb_hits_the_process_limit(isolated: BaseEnv) -> None:
     assert ok(isolated, "'after the bomb'").stdout == "'after the bomb'\n"
 
 
+@pytest.mark.parametrize("kind", ISOLATED)
+def test_a_fork_bomb_that_catches_oserror_ends_with_a_timeout_error(
+    kind: str, handler: LMHandler
+) -> None:
+    """The timer repeats (and os.fork checks the deadline) until the cell has ended, and the
+    bomb's processes are killed: a cell error, not the host's kill of the whole sandbox."""
+    require_kind(kind)
+    limits: dict[str, Any] = {"max_processes": 8} if kind == "process" else {"pids_limit": 64}
+    environment = make_env(kind, handler, timeout=2, kill_grace=30, memory_mb=512, **limits)
+    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+    try:
+        started = time.monotonic()
+        result = environment.execute(bomb)
+        assert result.error == "TimeoutError: cell exceeded 2s", result.stderr[-2000:]
+        assert time.monotonic() - started < 2 + 15  # long before the kill at 2 + 30 s
+        assert "process(es) the cell left running were killed" in result.stderr
+        assert ok(environment, "print('after the bomb')").stdout == "after the bomb\n"
+    finally:
+        environment.cleanup()
+
+
+def test_processes_a_cell_leaves_running_are_killed_when_it_ends(isolated: BaseEnv) -> None:
+    result = ok(isolated, "import subprocess\nkl_child = subprocess.Popen(['sleep', '300'])")
+    assert "[1 process(es) the cell left running were killed]" in result.stderr
+    assert ok(isolated, "kl_child.wait()").stdout == "-9\n"
+
+
+def test_only_the_cells_own_thread_is_captured(env: BaseEnv) -> None:
+    """As in the local reference: what other threads print, even threads the cell started
+    and joined, is not the cell's output (the isolated environments count it)."""
+    code = (
+        "import threading\n"
+        "th = threading.Thread(target=lambda: print('FROM-THREAD'))\n"
+        "th.start()\n"
+        "th.join()\n"
+        "print('own')"
+    )
+    result = ok(env, code)
+    assert result.stdout == "own\n"
+    if env.isolated:
+        assert "[12 characters printed by threads other than the cell's own" in result.stderr
+
+
+def test_a_cell_that_replaces_sys_stdout_affects_only_itself(env: BaseEnv) -> None:
+    ok(env, "import io, sys\nrs_old = sys.stdout\nsys.stdout = io.StringIO()\nprint('hidden')")
+    try:
+        assert ok(env, "print('shown')").stdout == "shown\n"
+    finally:
+        ok(env, "sys.stdout = rs_old")
+
+
+def test_a_very_deep_recursion_is_a_quick_recursion_error(env: BaseEnv) -> None:
+    code = (
+        "import sys\nrd_old = sys.getrecursionlimit()\nsys.setrecursionlimit(100_100)\n"
+        "def rd_deep(n):\n    return rd_deep(n + 1)\n"
+        "try:\n    rd_deep(0)\nfinally:\n    sys.setrecursionlimit(rd_old)"
+    )
+    started = time.monotonic()
+    result = env.execute(code)
+    assert time.monotonic() - started < 30  # a hang guard: formatting used to take ~15 s
+    assert result.error == "RecursionError: maximum recursion depth exceeded", result.stderr
+    assert "frames omitted ..." in result.stderr
+
+
 # ---------------------------------------------------------------------------- contexts
 
 

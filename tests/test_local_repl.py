@@ -96,6 +96,37 @@ def test_traceback_points_into_the_cell_that_defined_the_function(env: LocalREPL
     assert "return d['missing']" in result.stderr
 
 
+def test_a_very_deep_recursion_is_reported_quickly_with_the_middle_left_out() -> None:
+    """10^5 frames used to take ~15 s to format (a source lookup per frame)."""
+    code = (
+        "import sys\nold_limit = sys.getrecursionlimit()\nsys.setrecursionlimit(100_100)\n"
+        "def deep(n):\n    return deep(n + 1)\n"
+        "try:\n    deep(0)\nfinally:\n    sys.setrecursionlimit(old_limit)"
+    )
+    started = time.monotonic()
+    result = Repl().run_cell(code)
+    assert time.monotonic() - started < 10  # a hang guard, not a benchmark
+    assert result.error == "RecursionError: maximum recursion depth exceeded"
+    lines = result.stderr.splitlines()
+    omitted = [line for line in lines if line.startswith("  ... ") and "frames omitted" in line]
+    assert len(omitted) == 1 and int(omitted[0].split()[1]) > 99_000
+    assert lines[1:3] == ['  File "<cell 1>", line 7, in <module>', "    deep(0)"]
+    assert lines[-2].startswith("  [Previous line repeated") and "return deep" in lines[-4]
+    assert len(lines) < 100
+
+
+def test_a_short_traceback_is_kept_whole_through_chained_exceptions() -> None:
+    code = (
+        "def down(n):\n    if n == 0:\n        raise ValueError('bottom')\n    return down(n - 1)\n"
+        "try:\n    down(30)\nexcept ValueError as exc:\n    raise KeyError('top') from exc"
+    )
+    result = Repl().run_cell(code)
+    assert result.error == "KeyError: 'top'"
+    assert "frames omitted" not in result.stderr
+    assert "ValueError: bottom" in result.stderr and "direct cause" in result.stderr
+    assert "raise ValueError('bottom')" in result.stderr
+
+
 def test_syntax_error_is_reported_like_other_errors(env: LocalREPL) -> None:
     result = env.execute("x = (1,\n")
     assert result.error is not None and result.error.startswith("SyntaxError")

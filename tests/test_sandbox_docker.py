@@ -190,3 +190,45 @@ def test_cleanup_removes_the_container_even_when_unreferenced() -> None:
 
     gc.collect()
     assert container not in sandbox_containers(host_pid=os.getpid())
+
+
+class _RacingClient:
+    """A client whose containers vanish between listing and inspecting (auto-removal): the
+    high-level list, which inspects each one, fails the way the SDK does."""
+
+    def __init__(self) -> None:
+        import docker
+
+        class Api:
+            def containers(self, **kwargs: Any) -> list[dict[str, Any]]:
+                assert kwargs["filters"] == {"label": ["org.rlm.sandbox.host_pid=42"]}
+                return [{"Id": "a" * 64}, {"Id": "b" * 64}]
+
+        class Containers:
+            def list(self, **kwargs: Any) -> list[Any]:
+                raise docker.errors.NotFound("No such container: " + "a" * 64)
+
+        self.api = Api()
+        self.containers = Containers()
+
+
+def test_listing_sandboxes_does_not_race_with_auto_removal() -> None:
+    assert sandbox_containers(_RacingClient(), host_pid=42) == ["a" * 64, "b" * 64]
+
+
+def test_listing_sandboxes_while_containers_are_removed() -> None:
+    environments = [DockerREPL(timeout=10) for _ in range(2)]
+    ids = {environment.container_id for environment in environments}
+    assert ids <= set(sandbox_containers(host_pid=os.getpid()))
+    import threading
+
+    def remove_all() -> None:
+        for environment in environments:
+            environment.cleanup()
+
+    removing = threading.Thread(target=remove_all)
+    removing.start()
+    while removing.is_alive():
+        sandbox_containers(host_pid=os.getpid())  # never NotFound for a vanishing container
+    removing.join()
+    assert not ids & set(sandbox_containers(host_pid=os.getpid()))

@@ -3,13 +3,15 @@ the worker's channel protocol (token, forged frames, forked children)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,50 +109,115 @@ def test_user_none_keeps_the_host_user_and_bad_options_fail_early() -> None:
         ProcessREPL(timeout=0)
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live processes of process group `pgid` (the worker and what its cells started)."""
+    members = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{name}/stat").read_bytes().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            members.append(int(name))
+    return members
+
+
+def others_in_group(environment: ProcessREPL) -> list[int]:
+    assert environment.pgid is not None
+    return [pid for pid in group_members(environment.pgid) if pid != environment.pgid]
+
+
+def wait_for(predicate: Callable[[], Any], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def test_a_swallowed_timeout_gets_the_whole_process_group_killed() -> None:
     environment = ProcessREPL(timeout=1, kill_grace=1)
+    code = (
+        "import subprocess\n"
+        "sw_child = subprocess.Popen(['sleep', '300'])\n"
+        "while True:\n"
+        "    try:\n"
+        "        while True:\n"
+        "            pass\n"
+        "    except BaseException:\n"
+        "        pass"
+    )
     try:
-        out = run(
-            environment,
-            "import subprocess\nchild = subprocess.Popen(['sleep', '300'])\nprint(child.pid)",
-        )
-        child = int(out)
-        assert alive(child)
-        code = (
-            "while True:\n"
-            "    try:\n"
-            "        while True:\n"
-            "            pass\n"
-            "    except BaseException:\n"
-            "        pass"
-        )
-        started = time.monotonic()
-        with pytest.raises(SandboxError, match="did not stop within its timeout"):
-            environment.execute(code)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            started = time.monotonic()
+            running = pool.submit(environment.execute, code)
+            assert wait_for(lambda: others_in_group(environment)), "the cell started nothing"
+            with pytest.raises(SandboxError, match="did not stop within its timeout"):
+                running.result(timeout=30)
         assert time.monotonic() - started < 1 + 1 + 5
-        deadline = time.monotonic() + 10
-        while (alive(child) or alive(environment.pgid or 0)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not alive(child) and not alive(environment.pgid or 0)
+        assert wait_for(lambda: not group_members(environment.pgid or 0))
         with pytest.raises(SandboxError, match="did not stop"):
             environment.execute("1")
     finally:
         environment.cleanup()
 
 
-def test_cleanup_kills_background_children_and_is_idempotent() -> None:
+def test_processes_a_cell_leaves_running_are_killed_when_it_ends(env: ProcessREPL) -> None:
+    result = env.execute(
+        "import subprocess\n"
+        "lo_done = subprocess.Popen(['true'])\n"
+        "lo_done.wait()\n"
+        "lo_left = subprocess.Popen(['sleep', '300'])\n"
+        "lo_shell = subprocess.Popen('sleep 300 & sleep 300 & wait', shell=True)"
+    )
+    assert result.error is None, result.stderr
+    assert "process(es) the cell left running were killed]" in result.stderr
+    assert others_in_group(env) == []
+    # Their exit status is still there for the code to collect.
+    assert run(env, "lo_done.returncode, lo_left.wait(), lo_shell.wait()") == "(0, -9, -9)\n"
+    # A cell that starts nothing says nothing.
+    assert env.execute("lo_x = 1").stderr == ""
+
+
+def test_processes_started_between_cells_are_killed_at_cleanup() -> None:
     environment = ProcessREPL(timeout=20)
-    out = run(environment, "import subprocess\nprint(subprocess.Popen(['sleep', '300']).pid)")
-    child, worker = int(out), environment.pgid
-    assert worker is not None and alive(worker)
-    environment.cleanup()
-    environment.cleanup()
-    deadline = time.monotonic() + 10
-    while alive(child) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not alive(child) and not alive(worker)
-    with pytest.raises(SandboxError, match="cleaned up"):
-        environment.execute("1")
+    try:
+        run(
+            environment,
+            "import subprocess, threading, time\n"
+            "def bg_spawn():\n"
+            "    time.sleep(0.3)\n"
+            "    subprocess.Popen(['sleep', '300'])\n"
+            "threading.Thread(target=bg_spawn, daemon=True).start()",
+        )
+        assert wait_for(lambda: others_in_group(environment)), "the thread started nothing"
+        (child,) = others_in_group(environment)
+        worker = environment.pgid or 0
+        environment.cleanup()
+        environment.cleanup()
+        assert wait_for(lambda: not alive(child) and not alive(worker))
+        with pytest.raises(SandboxError, match="cleaned up"):
+            environment.execute("1")
+    finally:
+        environment.cleanup()
+
+
+def test_a_fork_bomb_ends_with_a_timeout_error_and_leaves_no_process() -> None:
+    """The lost one-shot alarm: a fork loop that catches OSError ran until the host's kill."""
+    environment = ProcessREPL(timeout=2, kill_grace=30, max_processes=8)
+    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+    try:
+        started = time.monotonic()
+        result = environment.execute(bomb)
+        assert result.error == "TimeoutError: cell exceeded 2s", result.stderr[-2000:]
+        assert time.monotonic() - started < 2 + 10  # not the host's kill at 2 + 30 s
+        assert others_in_group(environment) == []
+        assert run(environment, "print('after the bomb')") == "after the bomb\n"
+    finally:
+        environment.cleanup()
 
 
 def test_a_forked_child_that_finishes_the_cell_never_replies(env: ProcessREPL) -> None:
@@ -271,3 +338,64 @@ def test_a_host_killed_without_cleanup_leaves_no_worker_behind(tmp_path: Path) -
     while (alive(worker) or alive(child)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not alive(worker) and not alive(child)
+
+
+def worker_children(pid: int) -> list[int]:
+    found: list[int] = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            found += [int(p) for p in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+SWALLOWING_CELL = (
+    "import subprocess, time\n"
+    "subprocess.Popen(['sleep', '300'])\n"
+    "while True:\n"
+    "    try:\n"
+    "        time.sleep(60)\n"
+    "    except BaseException:\n"
+    "        pass"
+)
+
+
+def test_a_worker_whose_host_goes_away_mid_cell_stops_at_once(tmp_path: Path) -> None:
+    """The channel closes without a shutdown (the host died): nobody will read the reply, so
+    the worker kills its process group instead of waiting for a cell that may never end."""
+    proc = start_worker(tmp_path, "tok")
+    assert proc.stdin is not None
+    script: list[dict[str, Any]] = [
+        {"type": "hello", "version": 1, "token": "tok", "seq": 1, "config": {}},
+        {"type": "exec", "seq": 2, "code": SWALLOWING_CELL, "timeout": 60},
+    ]
+    try:
+        proc.stdin.write(b"".join(b"".join(message_frames(m)) for m in script))
+        proc.stdin.flush()
+        assert wait_for(lambda: worker_children(proc.pid)), "the cell never started"
+        (child,) = worker_children(proc.pid)
+        closed = time.monotonic()
+        proc.stdin.close()
+        proc.wait(timeout=30)
+        assert time.monotonic() - closed < 10  # not the cell's 60 s timeout, nor never
+        assert wait_for(lambda: not alive(child))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_an_orderly_close_still_bounds_a_cell_that_swallows_its_timeout(tmp_path: Path) -> None:
+    """After a shutdown the host may close its end early (all requests sent): queued cells
+    still run, each within its timeout plus a short grace."""
+    proc = start_worker(tmp_path, "tok")
+    script: list[dict[str, Any]] = [
+        {"type": "hello", "version": 1, "token": "tok", "seq": 1, "config": {}},
+        {"type": "exec", "seq": 2, "code": SWALLOWING_CELL, "timeout": 1},
+        {"type": "shutdown"},
+    ]
+    started = time.monotonic()
+    out, _ = proc.communicate(b"".join(b"".join(message_frames(m)) for m in script), timeout=60)
+    assert time.monotonic() - started < 1 + 10
+    assert [m["type"] for m in read_replies(out)] == ["ready"]  # the cell never finished

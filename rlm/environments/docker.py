@@ -304,14 +304,20 @@ class DockerREPL(IsolatedEnv):
 def sandbox_containers(client: Any | None = None, *, host_pid: int | None = None) -> list[str]:
     """Ids of rlm sandbox containers that exist now, optionally only those started by the
     process `host_pid` (for tests and cleanup tools)."""
+    docker = require("docker", extra="docker")
     own = client is None
     client = client or docker_client()
     labels = [LABEL] if host_pid is None else [f"{LABEL}.host_pid={host_pid}"]
     try:
-        return [c.id for c in client.containers.list(all=True, filters={"label": labels})]
+        # The low-level list: the high-level one inspects each container in a second request,
+        # which fails (NotFound) when the container is auto-removed in between.
+        found = client.api.containers(all=True, filters={"label": labels})
+    except docker.errors.DockerException as exc:
+        raise SandboxError(f"listing the sandbox containers failed: {exc}") from exc
     finally:
         if own:
             client.close()
+    return [str(c["Id"]) for c in found]
 
 
 def docker_unavailable_reason(image: str | None = None) -> str | None:

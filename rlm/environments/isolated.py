@@ -11,11 +11,15 @@ every reply is JSON and every field is type-checked before use.
 Lifecycle: the sandbox starts in `__init__` and lives until `cleanup()` (or garbage
 collection, or interpreter exit: a `weakref.finalize` backstop). A cell that outlives its
 timeout plus `kill_grace` gets the sandbox killed and `SandboxError` raised; so does a worker
-that dies. Both are terminal: the environment never restarts silently.
+that dies. Both are terminal: the environment never restarts silently. When the interpreter
+exits after a KeyboardInterrupt, every live sandbox is killed before threads are joined (a
+thread waiting on a cell would otherwise hold the exit until the cell's timeout);
+`kill_live_sandboxes` does the same on demand (the `rlm` command on SIGTERM).
 """
 
 from __future__ import annotations
 
+import concurrent.futures.thread  # noqa: F401 - its exit hook must be registered before ours
 import contextlib
 import itertools
 import json
@@ -24,12 +28,13 @@ import os
 import queue
 import secrets
 import shutil
+import sys
 import tempfile
 import threading
 import time
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, ClassVar
@@ -238,6 +243,8 @@ class IsolatedEnv(BaseEnv):
         try:
             self._transport = self._launch()
             self._finalizer = weakref.finalize(self, _release, self._transport, self._paths)
+            with _live_lock:
+                _live.add(self)
             threading.Thread(
                 target=self._read_loop,
                 args=(weakref.ref(self), self._transport, self._replies),
@@ -648,3 +655,38 @@ def scrubbed_env(
         env.update(HOME=home, TMPDIR=home)
     env.update(extra or {})
     return env
+
+
+_live: weakref.WeakSet[IsolatedEnv] = weakref.WeakSet()
+_live_lock = threading.Lock()
+
+
+def live_sandboxes() -> list[IsolatedEnv]:
+    """The environments of this process whose sandbox is still running."""
+    with _live_lock:
+        return [env for env in _live if env.alive]
+
+
+def kill_live_sandboxes(
+    reason: str = "the host was interrupted", *, keep: Collection[IsolatedEnv] = ()
+) -> int:
+    """Kill every running sandbox of this process except those in `keep`; returns how many.
+    Their environments raise `SandboxError(reason)` from then on."""
+    envs = [env for env in live_sandboxes() if env not in keep]
+    for env in envs:
+        env._die(reason)
+    return len(envs)
+
+
+def _kill_after_interrupt() -> None:
+    """At interpreter exit after an unhandled KeyboardInterrupt, before threads are joined: a
+    pool thread still waiting on a cell would otherwise hold the exit (and the sandbox)
+    until the cell's timeout."""
+    if isinstance(getattr(sys, "last_value", None), KeyboardInterrupt):
+        kill_live_sandboxes()
+
+
+# Hooks registered later run first, so this one runs before concurrent.futures joins its pools.
+_register_atexit = getattr(threading, "_register_atexit", None)
+if _register_atexit is not None:
+    _register_atexit(_kill_after_interrupt)

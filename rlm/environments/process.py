@@ -3,8 +3,9 @@
 The worker runs in its own session and process group (`start_new_session`), in a per-session
 temp dir, with an environment built from an allowlist (no provider keys), and sets its own
 rlimits before any cell runs: address space (`memory_mb`), CPU time, open files, file size,
-no core dumps, and `max_processes` (RLIMIT_NPROC). On timeout and at cleanup the whole process
-group is killed.
+no core dumps, and `max_processes` (RLIMIT_NPROC). Processes a cell leaves running are killed
+by the worker when the cell ends; on timeout and at cleanup the whole process group is killed,
+and so it is when the host dies (the worker notices its stdin closing).
 
 When the host runs as root the worker runs as `nobody` (`user="auto"`): RLIMIT_NPROC does not
 bind for root, and an unprivileged worker cannot signal the host or write its files. Contexts

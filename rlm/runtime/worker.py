@@ -16,10 +16,21 @@ process cannot write frames. Frames over the size cap travel as consecutive "par
 Transports that only carry text (some cloud SDK streams) set RLM_CHANNEL_ENCODING=base64: each
 message is then one base64 line.
 
+Only the running cell's own thread is captured at the Python level (`print`, `sys.stdout`):
+what other threads write there is dropped and counted, as in the local environment, so a
+thread of an earlier cell never speaks in a later one. Bytes written to fds 1/2 cannot be told
+apart by thread: they belong to the cell running when they arrive, and are discarded (with a
+count) between cells.
+
 Resource limits (memory, CPU time, open files, file size, processes, no core dumps) are set
-here, from the hello, before any user code runs. A cell's timeout is a one-shot SIGALRM that
-raises `CellTimeout` in the cell; code that swallows it or blocks inside C is ended by the
-host, which kills the whole sandbox after its own deadline.
+here, from the hello, before any user code runs. A cell's timeout is a SIGALRM that raises
+`CellTimeout` in the cell and fires again every `_ALARM_REPEAT` seconds until the cell ends
+(a single alarm can be lost, e.g. in `os.fork()`'s at-fork hooks, which swallow exceptions);
+code that swallows it or blocks inside C is ended by the host, which kills the whole sandbox
+after its own deadline. When a cell ends, the processes it left running are killed
+(`rlm.runtime.procgroup`). When the host goes away mid-cell (its end of the channel closes
+without a shutdown), the worker kills its whole process group at once instead of waiting for
+the cell.
 
 Standard library only (plus `rlm.errors` and the sibling runtime modules).
 """
@@ -49,6 +60,8 @@ from typing import Any, NoReturn
 
 from rlm.errors import FrameTooLargeError, ProtocolError, RemoteError
 
+from . import capture
+from .procgroup import GroupReaper, lead_own_group
 from .protocol import MAX_FRAME_BYTES, PROTOCOL_VERSION, decode_payload, encode_frame
 from .repl import CellResult, CellTimeout, Repl
 
@@ -58,6 +71,8 @@ ENCODING_ENV = "RLM_CHANNEL_ENCODING"
 REQUEST_TYPES = frozenset({"llm", "llm_batch", "rlm", "rlm_batch", "tool", "ping"})
 _READ_CHUNK = 1 << 20
 _SYNC_WAIT = 0.1  # how long a cell's end waits for process-level output still in the pipes
+_ALARM_REPEAT = 0.1  # past its deadline, a cell gets CellTimeout again this often
+_ORPHAN_GRACE = 1.0  # after an orderly close, a cell may overrun its deadline this long
 
 # --------------------------------------------------------------------------- messages
 # The channel between host and worker (shared with rlm.environments.isolated). Frames have a
@@ -349,6 +364,12 @@ class _Sink:
             self.data += chunk[:room]
         self.dropped += max(0, len(chunk) - max(room, 0))
 
+    def clear(self) -> int:
+        """Forget what was kept; returns how many bytes were written (kept or not)."""
+        written = len(self.data) + self.dropped
+        self.data, self.dropped = bytearray(), 0
+        return written
+
     def take(self) -> tuple[str, int]:
         text = self.data.decode("utf-8", "replace")
         dropped = self.dropped
@@ -415,10 +436,13 @@ class FdCapture:
             for sink in self._sinks.values():
                 sink.cap = cap
 
-    def reset(self) -> None:
+    def reset(self) -> int:
+        """Discard what was written since the last cell; returns how many bytes that was."""
+        discarded = 0
         with self._lock:
             for sink in self._sinks.values():
-                sink.take()
+                discarded += sink.clear()
+        return discarded
 
     def collect(self) -> tuple[str, str, int]:
         """(stdout, stderr, dropped bytes) written since `reset`, once the pipes are drained."""
@@ -613,45 +637,152 @@ def apply_limits(config: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- the worker
 
 
-class WorkerRepl(Repl):
-    """A Repl whose cells are bounded by a one-shot SIGALRM and see fd-level output."""
+class UncapturedOutput:
+    """`sys.stdout`/`sys.stderr` as threads other than the running cell's see them: their
+    text is dropped and counted (in the local environment it goes to the host's console,
+    never into a cell). Everything else (`fileno`, `buffer`, ...) is the real fd stream."""
 
-    def __init__(self, *args: Any, fd_capture: FdCapture | None = None, **kwargs: Any) -> None:
+    def __init__(self, stream: io.TextIOWrapper) -> None:
+        self._stream = stream
+        self.dropped = 0  # characters; no lock: a forked child must never block on one
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        self.dropped += len(text)
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        pass
+
+    def writable(self) -> bool:
+        return True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class WorkerRepl(Repl):
+    """A Repl whose cells are bounded by a repeating SIGALRM, see fd-level output, and leave
+    no process running behind them."""
+
+    def __init__(
+        self,
+        *args: Any,
+        fd_capture: FdCapture | None = None,
+        uncaptured: tuple[UncapturedOutput, ...] = (),
+        reaper: GroupReaper | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.fd_capture = fd_capture
+        self.uncaptured = uncaptured
+        self.reaper = reaper
+        self._pid = os.getpid()
         self.cell_timeout: float | None = None
+        self.cell_done = True  # cell_finished ran to its end for the last cell
         self._armed = False
+        self._deadline: float | None = None
+        self._discarded = 0  # fd bytes written between cells, reported by the next cell
+        self._uncaptured_seen = self._uncaptured_total()
         signal.signal(signal.SIGALRM, self._on_alarm)
 
     def _on_alarm(self, signum: int, frame: Any) -> None:
-        if self._armed:
-            self._armed = False
+        """Stop the cell; the timer repeats until the cell has ended, in case the exception
+        is lost. Only while the cell's code runs: raised in the runtime's own code (a late
+        alarm, handled when the interpreter comes back from unwinding a deep stack) it would
+        escape the cell's handling."""
+        if self._armed and _in_user_code(frame):
             raise CellTimeout
 
     def disarm(self) -> None:
         self._armed = False
         signal.setitimer(signal.ITIMER_REAL, 0)
 
+    def _uncaptured_total(self) -> int:
+        return sum(stream.dropped for stream in self.uncaptured)
+
+    @property
+    def overran(self) -> bool:
+        """Whether the current (or last) cell ran past its deadline."""
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
+    @property
+    def expired(self) -> bool:
+        """Whether the running cell is past its deadline and should stop."""
+        return self._armed and self.overran
+
     def cell_started(self) -> None:
+        self.cell_done = False
         if self.fd_capture is not None:
-            self.fd_capture.reset()
+            self._discarded += self.fd_capture.reset()
+        self._deadline = None
         if self.cell_timeout is not None and self.cell_timeout > 0:
+            self._deadline = time.monotonic() + self.cell_timeout
             self._armed = True
-            signal.setitimer(signal.ITIMER_REAL, self.cell_timeout)
+            signal.setitimer(signal.ITIMER_REAL, self.cell_timeout, _ALARM_REPEAT)
 
     def cell_finished(self) -> None:
         self.disarm()
-        if self.fd_capture is None:
-            return
-        out, err, dropped = self.fd_capture.collect()
-        if out:
-            sys.stdout.write(out)  # into this cell's capture buffer, after its own prints
-        if err:
-            sys.stderr.write(err)
-        if dropped:
-            sys.stderr.write(
-                f"[process output truncated: {dropped} bytes written to fd 1/2 were dropped]\n"
+        if os.getpid() != self._pid:
+            return  # a forked child finishing the cell: it exits right after
+        killed = self.end_leftovers()
+        notes = []
+        if self.fd_capture is not None:
+            out, err, dropped = self.fd_capture.collect()
+            if out:
+                sys.stdout.write(out)  # into this cell's capture buffer, after its own prints
+            if err:
+                sys.stderr.write(err)
+            if dropped:
+                notes.append(
+                    f"[process output truncated: {dropped} bytes written to fd 1/2 were dropped]"
+                )
+        if self._discarded:
+            notes.append(
+                f"[{self._discarded} bytes written to fd 1/2 between cells were discarded]"
             )
+            self._discarded = 0
+        total = self._uncaptured_total()
+        if total > self._uncaptured_seen:
+            notes.append(
+                f"[{total - self._uncaptured_seen} characters printed by threads other than "
+                "the cell's own were not captured]"
+            )
+            self._uncaptured_seen = total
+        if killed:
+            notes.append(f"[{killed} process(es) the cell left running were killed]")
+        for note in notes:
+            sys.stderr.write(note + "\n")
+        self.cell_done = True
+
+    def end_leftovers(self) -> int:
+        """Kill the processes the cell left running; collected too when it overran."""
+        if self.reaper is None:
+            return 0
+        return self.reaper.end_leftovers(reap=self.overran)
+
+
+_RUN_CELL = Repl.run_cell.__code__
+_FORK_CODES: set[Any] = set()  # the code of the fork guard (see _guard_fork)
+
+
+def _in_user_code(frame: Any) -> bool:
+    """Whether a cell's code is on the stack above `Repl.run_cell` (directly or through the
+    libraries and helpers it called), and not inside `os.fork()` (whose at-fork hooks would
+    swallow the exception; the fork guard raises it when the fork returns)."""
+    while frame is not None:
+        code = frame.f_code
+        if code.co_filename.startswith("<cell "):
+            return True
+        if code is _RUN_CELL or code in _FORK_CODES:
+            return False
+        frame = frame.f_back
+    return False
 
 
 def _error_dict(exc: BaseException) -> dict[str, str]:
@@ -672,7 +803,16 @@ class Worker:
         self.channel = HostChannel(self.writer)
         self.control: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.fd_capture: FdCapture | None = None
+        self.uncaptured: tuple[UncapturedOutput, ...] = ()
+        self.streams: tuple[Any, Any] | None = None  # sys.stdout/sys.stderr to run cells with
+        self.reaper = GroupReaper(self.pid)
         self.repl: WorkerRepl | None = None
+        # What the serve loop is doing, for the reader thread when the channel closes.
+        self._state = threading.Lock()
+        self._busy_since: float | None = None
+        self._busy_deadline: float | None = None
+        self._shutdown_seen = False
+        self._abandoned = False
 
     def after_fork_in_child(self) -> None:
         """In a forked child: no channel (its fds are closed), and no lock another thread of
@@ -688,14 +828,47 @@ class Worker:
             if "type" not in message and "id" in message:
                 self.channel.resolve(message)
             else:
+                if message.get("type") == "shutdown":
+                    with self._state:
+                        self._shutdown_seen = True
                 self.control.put(message)
 
         def run() -> None:
             error = read_messages(self.chan_in, on_message, base64_lines=self.base64_lines)
             self.channel.fail(error or ProtocolError("the host closed the channel"))
-            self.control.put(None)
+            self.channel_closed()
 
         threading.Thread(target=run, name="rlm-channel-reader", daemon=True).start()
+
+    def channel_closed(self) -> None:
+        """The host's end of the channel closed. After a shutdown request that is an orderly
+        close: queued requests are still served, each cell within its deadline (plus
+        `_ORPHAN_GRACE`). Without one the host is gone: nobody will read a reply, so a running
+        cell is not waited for (it might never end), and queued requests are dropped."""
+        closed_at = time.monotonic()
+        with self._state:
+            orderly = self._shutdown_seen
+            self._abandoned = not orderly
+            busy = self._busy_since is not None
+        if not orderly and busy:
+            self.stop_group()
+        self.control.put(None)
+        while True:  # an orderly close: bound what is still queued (the loop ends with us)
+            with self._state:
+                since, deadline = self._busy_since, self._busy_deadline
+            if since is not None:
+                limit = deadline if deadline is not None else max(since, closed_at)
+                if time.monotonic() >= limit + _ORPHAN_GRACE:
+                    self.stop_group()
+            time.sleep(0.05)
+
+    def stop_group(self) -> NoReturn:
+        """Kill the worker's whole process group (the worker and whatever its cells started)
+        and exit; from any thread."""
+        if self.reaper.applicable:
+            with contextlib.suppress(OSError):
+                os.killpg(self.pid, signal.SIGKILL)
+        _real_exit(0)  # not leading a group, or PID 1 of a container (immune to the kill)
 
     # -- requests -------------------------------------------------------------------------
     def hello(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -719,6 +892,8 @@ class Worker:
             capture_chars=capture_chars,
             tools=config.get("tools") or {},
             fd_capture=self.fd_capture,
+            uncaptured=self.uncaptured,
+            reaper=self.reaper,
         )
         limits = apply_limits(config)
         return {
@@ -782,6 +957,8 @@ class Worker:
             repl.capture_chars = cap
             if self.fd_capture is not None:
                 self.fd_capture.set_cap(cap)
+        if self.streams is not None:  # a cell that replaced sys.stdout affects only itself
+            sys.stdout, sys.stderr = self.streams
         try:
             cell = repl.run_cell(code, timeout_label=repl.cell_timeout)
         except CellTimeout:  # the alarm landed outside user code, around the cell's end
@@ -801,6 +978,8 @@ class Worker:
             repl.disarm()
         if os.getpid() != self.pid:  # a forked child finished the cell: it must not reply
             _real_exit(0)
+        if not repl.cell_done:  # the cell's end was cut short (by a late alarm)
+            repl.end_leftovers()
         if cell.final:  # a final value may be large: let the host know the cell has ended
             self.send({"type": "progress", "seq": message.get("seq")})
         return {
@@ -860,6 +1039,16 @@ class Worker:
             kind = message.get("type")
             if kind == "shutdown":
                 return 0
+            timeout = message.get("timeout") if kind == "exec" else None
+            with self._state:
+                if self._abandoned:
+                    return 0
+                self._busy_since = time.monotonic()
+                self._busy_deadline = (
+                    self._busy_since + timeout
+                    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
+                    else None
+                )
             try:
                 if kind == "exec":
                     reply = self.run_cell(message)
@@ -869,6 +1058,9 @@ class Worker:
                     raise ProtocolError(f"unknown request {kind!r}")
             except Exception as exc:
                 reply = {"type": "error", "seq": message.get("seq"), "error": _error_dict(exc)}
+            finally:
+                with self._state:
+                    self._busy_since = self._busy_deadline = None
             self.send(reply)
 
 
@@ -889,6 +1081,31 @@ def _guard_exit(worker_pid: int) -> None:
         import posix
 
         posix._exit = _exit
+    except ImportError:  # pragma: no cover - not POSIX
+        pass
+
+
+def _guard_fork(worker: Worker) -> None:
+    """`os.fork()` in the worker raises CellTimeout once the cell is past its deadline. A
+    signal arriving during a fork is handled inside the at-fork hooks, which swallow any
+    exception, so a loop of forks would otherwise rarely see its timeout."""
+    real_fork = os.fork
+
+    def fork() -> int:
+        try:
+            return real_fork()
+        finally:
+            repl = worker.repl
+            if os.getpid() == worker.pid and repl is not None and repl.expired:
+                # Raised from `finally` on purpose: it replaces the pid or the EAGAIN.
+                raise CellTimeout
+
+    _FORK_CODES.add(fork.__code__)
+    os.fork = fork
+    try:
+        import posix
+
+        posix.fork = fork
     except ImportError:  # pragma: no cover - not POSIX
         pass
 
@@ -918,11 +1135,15 @@ def _text_stream(fd: int) -> io.TextIOWrapper:
 def main() -> int:
     base64_lines = os.environ.pop(ENCODING_ENV, "") == "base64"
     token = os.environ.pop(TOKEN_ENV, None)
+    lead_own_group()  # so what cells start can be found (and ended) as the group's members
     chan_in, chan_out, diag = claim_stdio()
     fd_capture = FdCapture(1_000_000)  # from here on fds 1/2 are pipes, not the channel
-    _redirect_output()
+    uncaptured = _redirect_output()
+    capture.install()  # the cell's own thread is captured; others reach `uncaptured`
     worker = Worker(chan_in, chan_out, base64_lines=base64_lines, token=token)
     worker.fd_capture = fd_capture
+    worker.uncaptured = uncaptured
+    worker.streams = (sys.stdout, sys.stderr)
 
     def in_child() -> None:  # a forked child never speaks on the channel
         for fd in (chan_in, chan_out, diag):
@@ -932,6 +1153,7 @@ def main() -> int:
 
     os.register_at_fork(after_in_child=in_child)
     _guard_exit(worker.pid)
+    _guard_fork(worker)
     worker.start_reader()
     try:
         return worker.serve()
@@ -940,25 +1162,20 @@ def main() -> int:
             write_all(diag, traceback.format_exc().encode("utf-8", "replace"))
         return 70
     finally:
-        _end_own_group(worker.pid)
+        # End what cells started on the way out, so a host that died without cleaning up
+        # leaves nothing behind.
+        worker.reaper.end_leftovers(reap=False)
 
 
-def _end_own_group(pid: int) -> None:
-    """When the worker leads its own process group (the process environment), end what its
-    cells started on the way out, so a host that died without cleaning up leaves nothing."""
-    if os.getpid() != pid or os.getpgrp() != pid:
-        return
-    with contextlib.suppress(OSError):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        os.killpg(pid, signal.SIGTERM)
-
-
-def _redirect_output() -> None:
-    """sys.stdout/sys.stderr (and their dunder originals) write to fds 1/2, unbuffered."""
-    sys.stdout = _text_stream(1)
-    sys.stderr = _text_stream(2)
-    setattr(sys, "__stdout__", sys.stdout)  # noqa: B010 - mypy treats these as Final
-    setattr(sys, "__stderr__", sys.stderr)  # noqa: B010
+def _redirect_output() -> tuple[UncapturedOutput, UncapturedOutput]:
+    """sys.stdout/sys.stderr drop what reaches them (only other threads' writes do, once the
+    capture routes the cell's own); their dunder originals write to fds 1/2, unbuffered."""
+    out, err = _text_stream(1), _text_stream(2)
+    uncaptured = UncapturedOutput(out), UncapturedOutput(err)
+    sys.stdout, sys.stderr = uncaptured
+    setattr(sys, "__stdout__", out)  # noqa: B010 - mypy treats these as Final
+    setattr(sys, "__stderr__", err)  # noqa: B010
+    return uncaptured
 
 
 if __name__ == "__main__":
