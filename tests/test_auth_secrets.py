@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sandbox_kinds import require_kind
 
 from rlm import RLM
 from rlm.clients.base import BaseLM
@@ -30,18 +31,6 @@ pytestmark = pytest.mark.timeout(120)
 
 KINDS = ["local", "process", pytest.param("docker", marks=pytest.mark.docker)]
 FENCE = "```"
-
-
-def require_kind(kind: str) -> None:
-    if kind != "docker":
-        return
-    from rlm.environments.docker import docker_unavailable_reason
-
-    reason = docker_unavailable_reason()
-    if reason is not None:
-        if os.environ.get("RLM_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"RLM_REQUIRE_DOCKER=1 but docker cannot run: {reason}")
-        pytest.skip(f"docker unavailable: {reason}")
 
 
 def repl(code: str) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sandbox_kinds import require_kind
 
 from rlm import RLM
 from rlm.clients.base import BaseLM
@@ -36,19 +37,6 @@ pytestmark = pytest.mark.timeout(300)
 KINDS = ["local", "process", pytest.param("docker", marks=pytest.mark.docker)]
 ISOLATED = ["process", pytest.param("docker", marks=pytest.mark.docker)]
 FENCE = "```"
-
-
-def require_kind(kind: str) -> None:
-    """Skip the docker cases when no engine is reachable, or fail if it is required."""
-    if kind != "docker":
-        return
-    from rlm.environments.docker import docker_unavailable_reason
-
-    reason = docker_unavailable_reason()
-    if reason is not None:
-        if os.environ.get("RLM_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"RLM_REQUIRE_DOCKER=1 but docker cannot run: {reason}")
-        pytest.skip(f"docker unavailable: {reason}")
 
 
 class EchoLM(BaseLM):

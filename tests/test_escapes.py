@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sandbox_kinds import require_kind
 
 from rlm.clients.base import BaseLM
 from rlm.core.lm_handler import LMHandler, Session
@@ -54,18 +55,6 @@ LOCAL_ESCAPES_THAT_WORK = frozenset(
         "E14", "E15", "E16", "E18", "E19", "E20",
     }
 )  # fmt: skip
-
-
-def require_kind(kind: str) -> None:
-    if kind != "docker":
-        return
-    from rlm.environments.docker import docker_unavailable_reason
-
-    reason = docker_unavailable_reason()
-    if reason is not None:
-        if os.environ.get("RLM_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"RLM_REQUIRE_DOCKER=1 but docker cannot run: {reason}")
-        pytest.skip(f"docker unavailable: {reason}")
 
 
 # ------------------------------------------------------------------------------ canaries

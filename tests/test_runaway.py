@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from sandbox_kinds import require_kind
 
 from rlm import RLM
 from rlm.clients.base import BaseLM
@@ -44,18 +45,6 @@ TIMEOUT = 1.0
 GRACE = 1.0
 SLACK = 8.0  # scheduling room on a loaded 2-core machine; the limits are 1 s and 2 s
 FENCE = "```"
-
-
-def require_kind(kind: str) -> None:
-    if kind != "docker":
-        return
-    from rlm.environments.docker import docker_unavailable_reason
-
-    reason = docker_unavailable_reason()
-    if reason is not None:
-        if os.environ.get("RLM_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"RLM_REQUIRE_DOCKER=1 but docker cannot run: {reason}")
-        pytest.skip(f"docker unavailable: {reason}")
 
 
 @dataclass(frozen=True)

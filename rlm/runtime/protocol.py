@@ -200,6 +200,22 @@ async def read_frame(
     return decode_payload(body)
 
 
+def settle(future: concurrent.futures.Future[dict[str, Any]], message: dict[str, Any]) -> None:
+    """Complete a request's future from its response: the result, or a typed error."""
+    error = message.get("error")
+    if error is not None:
+        if isinstance(error, dict):
+            future.set_exception(
+                RemoteError(str(error.get("type", "RemoteError")), str(error.get("message", "")))
+            )
+        else:
+            future.set_exception(ProtocolError(f"malformed error in response: {error!r}"))
+    elif isinstance(message.get("result"), dict):
+        future.set_result(message["result"])
+    else:
+        future.set_exception(ProtocolError("response carries neither a result nor an error"))
+
+
 class Connection:
     """Thread-safe, multiplexed client of the LMHandler, used by code running in a REPL.
 
@@ -332,17 +348,7 @@ class Connection:
             future = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
         if future is None:
             return  # not ours (already failed); nothing is waiting for it
-        if error is not None:
-            if isinstance(error, dict):
-                future.set_exception(
-                    RemoteError(str(error.get("type", "RemoteError")), str(error.get("message")))
-                )
-            else:
-                future.set_exception(ProtocolError(f"malformed error in response: {error!r}"))
-        elif isinstance(message.get("result"), dict):
-            future.set_result(message["result"])
-        else:
-            future.set_exception(ProtocolError("response carries neither a result nor an error"))
+        settle(future, message)
 
     def _fail(self, error: ProtocolError) -> None:
         with self._lock:

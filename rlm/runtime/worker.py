@@ -58,11 +58,11 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
-from rlm.errors import FrameTooLargeError, ProtocolError, RemoteError
+from rlm.errors import FrameTooLargeError, ProtocolError
 
 from . import capture
 from .procgroup import GroupReaper, lead_own_group
-from .protocol import MAX_FRAME_BYTES, PROTOCOL_VERSION, decode_payload, encode_frame
+from .protocol import MAX_FRAME_BYTES, PROTOCOL_VERSION, decode_payload, encode_frame, settle
 from .repl import CellResult, CellTimeout, Repl
 
 CHANNEL_VERSION = 1
@@ -524,15 +524,7 @@ class HostChannel:
             future = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
         if future is None:
             return
-        error = message.get("error")
-        if isinstance(error, dict):
-            future.set_exception(
-                RemoteError(str(error.get("type", "RemoteError")), str(error.get("message", "")))
-            )
-        elif isinstance(message.get("result"), dict):
-            future.set_result(message["result"])
-        else:
-            future.set_exception(ProtocolError("response carries neither a result nor an error"))
+        settle(future, message)
 
     def fail(self, error: ProtocolError) -> None:
         with self._lock:
