@@ -79,6 +79,9 @@ class AnthropicClient(BaseLM):
                 kwargs["base_url"] = self.base_url
             if self.default_headers:
                 kwargs["default_headers"] = self.default_headers
+            from rlm.clients._http_pool import fast_http_client
+
+            kwargs.setdefault("http_client", fast_http_client(self._sdk))
             self._client = self._sdk.AsyncAnthropic(**kwargs)
             self._create_params = frozenset(
                 inspect.signature(self._client.messages.create).parameters

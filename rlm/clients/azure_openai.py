@@ -71,6 +71,9 @@ class AzureOpenAIClient(OpenAIClient):
             kwargs["azure_deployment"] = self.azure_deployment
         if self.default_headers:
             kwargs["default_headers"] = self.default_headers
+        from rlm.clients._http_pool import fast_http_client
+
+        kwargs.setdefault("http_client", fast_http_client(self._sdk))
         return self._sdk.AsyncAzureOpenAI(**kwargs)
 
     def _model_param(self) -> str:

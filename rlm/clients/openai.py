@@ -17,7 +17,6 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
-import importlib.util
 import os
 import weakref
 from collections.abc import Mapping
@@ -82,6 +81,8 @@ class OpenAIClient(BaseLM):
             kwargs["base_url"] = self.base_url
         if self.default_headers:
             kwargs["default_headers"] = self.default_headers
+        from rlm.clients._http_pool import fast_http_client  # httpx: only once an SDK is in use
+
         kwargs.setdefault("http_client", fast_http_client(self._sdk))
         return self._sdk.AsyncOpenAI(**kwargs)
 
@@ -204,24 +205,6 @@ class VLLMClient(OpenAIClient):
 
     def __init__(self, model_name: str, *, base_url: str | None = None, **kwargs: Any) -> None:
         super().__init__(model_name, base_url=base_url or os.environ.get("VLLM_BASE_URL"), **kwargs)
-
-
-def fast_http_client(sdk: Any) -> Any:
-    """The HTTP client for an OpenAI or Anthropic SDK client, chosen for concurrency.
-
-    The SDK's own aiohttp-backed client when `httpx-aiohttp` is installed (about a third of
-    httpx's CPU per request); otherwise its default httpx client over a `PooledTransport`,
-    which keeps httpcore's per-request pool scan short. Both share one SSL context per process.
-    Pass `client_kwargs={"http_client": ...}` to choose another.
-    """
-    from rlm.clients._http_pool import PooledTransport, shared_ssl_context
-
-    ssl_context = shared_ssl_context()
-    aiohttp_client = getattr(sdk, "DefaultAioHttpClient", None)
-    if aiohttp_client is not None and importlib.util.find_spec("httpx_aiohttp") is not None:
-        return aiohttp_client(verify=ssl_context)
-    transport = PooledTransport(verify=ssl_context)
-    return sdk.DefaultAsyncHttpxClient(transport=transport, verify=ssl_context)
 
 
 def chat_completion_response(
