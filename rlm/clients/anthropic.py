@@ -8,7 +8,6 @@ forward as the append-only root history grows, so each request reads what the pr
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -58,35 +57,25 @@ class AnthropicClient(BaseLM):
         self.default_headers = dict(default_headers or {})
         self.prompt_caching = prompt_caching
         self.client_kwargs = dict(client_kwargs or {})
-        self._client: Any = None
-        self._client_loop: asyncio.AbstractEventLoop | None = None
         self._create_params: frozenset[str] = frozenset()
 
-    def _sdk_client(self) -> Any:
-        """The SDK client, built once, on the loop of the first call."""
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._client_loop is not loop:
-            # An SDK client is bound to the loop it first ran on. rlm makes every call on its
-            # one shared loop, so this rebuilds only for a caller awaiting from another loop.
-            self._client_loop = loop
-            kwargs: dict[str, Any] = {
-                "api_key": self._api_key,
-                "timeout": self.timeout,
-                "max_retries": 0,
-                **self.client_kwargs,
-            }
-            if self.base_url:
-                kwargs["base_url"] = self.base_url
-            if self.default_headers:
-                kwargs["default_headers"] = self.default_headers
-            from rlm.clients._http_pool import fast_http_client
+    def _make_client(self) -> Any:
+        kwargs: dict[str, Any] = {
+            "api_key": self._api_key,
+            "timeout": self.timeout,
+            "max_retries": 0,
+            **self.client_kwargs,
+        }
+        if self.base_url:
+            kwargs["base_url"] = self.base_url
+        if self.default_headers:
+            kwargs["default_headers"] = self.default_headers
+        from rlm.clients._http_pool import fast_http_client
 
-            kwargs.setdefault("http_client", fast_http_client(self._sdk))
-            self._client = self._sdk.AsyncAnthropic(**kwargs)
-            self._create_params = frozenset(
-                inspect.signature(self._client.messages.create).parameters
-            )
-        return self._client
+        kwargs.setdefault("http_client", fast_http_client(self._sdk))
+        client = self._sdk.AsyncAnthropic(**kwargs)
+        self._create_params = frozenset(inspect.signature(client.messages.create).parameters)
+        return client
 
     def _request(self, messages: list[Message], sampling: Mapping[str, Any]) -> dict[str, Any]:
         system, turns = to_anthropic(messages, caching=self.prompt_caching)

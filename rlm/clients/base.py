@@ -101,10 +101,28 @@ class BaseLM(ABC):
         self.retry_base_delay = retry_base_delay
         self.retry_max_delay = retry_max_delay
         self.limiter = AdaptiveLimiter(max_concurrency)
+        self._client: Any = None  # the provider SDK's client, see _sdk_client
+        self._client_loop: asyncio.AbstractEventLoop | None = None
 
     @abstractmethod
     async def _acomplete(self, messages: list[Message], sampling: dict[str, Any]) -> LMResponse:
         """One request to the provider. Translate SDK errors to `ProviderError` here."""
+
+    def _make_client(self) -> Any:
+        """Build the provider SDK's async client (clients that wrap an SDK override this)."""
+        raise NotImplementedError(f"{type(self).__name__} has no SDK client")
+
+    def _sdk_client(self) -> Any:
+        """The SDK client: built once, on the loop of the first call, then reused.
+
+        An SDK client is bound to the event loop it first ran on. rlm makes every call on its
+        one shared loop, so this rebuilds only for a caller awaiting from another loop.
+        """
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
+            self._client_loop = loop
+            self._client = self._make_client()
+        return self._client
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release the SDK client's connections. Override when there is something to close."""

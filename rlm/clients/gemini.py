@@ -7,7 +7,6 @@ before retrying an aiohttp connection error): `BaseLM` retries.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -63,28 +62,19 @@ class GeminiClient(BaseLM):
         self.api_version = api_version
         self.default_headers = dict(default_headers or {})
         self.client_kwargs = dict(client_kwargs or {})
-        self._client: Any = None
-        self._client_loop: asyncio.AbstractEventLoop | None = None
 
-    def _sdk_client(self) -> Any:
-        """The SDK client, built once, on the loop of the first call."""
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._client_loop is not loop:
-            # An SDK client is bound to the loop it first ran on. rlm makes every call on its
-            # one shared loop, so this rebuilds only for a caller awaiting from another loop.
-            self._client_loop = loop
-            types = self._types
-            http_options = types.HttpOptions(
-                base_url=self.base_url,
-                api_version=self.api_version,
-                headers=self.default_headers or None,
-                timeout=None if self.timeout is None else max(1, int(self.timeout * 1000)),
-                retry_options=types.HttpRetryOptions(attempts=1),
-            )
-            self._client = self._genai.Client(
-                api_key=self._api_key, http_options=http_options, **self.client_kwargs
-            )
-        return self._client
+    def _make_client(self) -> Any:
+        types = self._types
+        http_options = types.HttpOptions(
+            base_url=self.base_url,
+            api_version=self.api_version,
+            headers=self.default_headers or None,
+            timeout=None if self.timeout is None else max(1, int(self.timeout * 1000)),
+            retry_options=types.HttpRetryOptions(attempts=1),
+        )
+        return self._genai.Client(
+            api_key=self._api_key, http_options=http_options, **self.client_kwargs
+        )
 
     def _config(self, system: str | None, sampling: Mapping[str, Any]) -> Any:
         fields: dict[str, Any] = {}

@@ -66,8 +66,6 @@ class OpenAIClient(BaseLM):
         self.base_url = base_url or self.default_base_url
         self.default_headers = dict(default_headers or {})
         self.client_kwargs = dict(client_kwargs or {})
-        self._client: Any = None
-        self._client_loop: asyncio.AbstractEventLoop | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
 
     def _make_client(self) -> Any:
@@ -87,19 +85,16 @@ class OpenAIClient(BaseLM):
         return self._sdk.AsyncOpenAI(**kwargs)
 
     def _sdk_client(self) -> Any:
-        """The SDK client, built once, on the loop of the first call."""
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._client_loop is not loop:
-            # An SDK client is bound to the loop it first ran on. rlm makes every call on its
-            # one shared loop, so this rebuilds only for a caller awaiting from another loop.
+        previous = self._client
+        client = super()._sdk_client()
+        if client is not previous:  # built, or rebuilt for another loop
             if self._finalizer is not None:
                 self._finalizer()  # the client of the other loop is abandoned: close it there
-            self._client_loop = loop
-            self._client = self._make_client()
-            self._finalizer = weakref.finalize(self, _close_abandoned, self._client, loop)
+            loop = asyncio.get_running_loop()  # the loop the new client is bound to
+            self._finalizer = weakref.finalize(self, _close_abandoned, client, loop)
             self._finalizer.atexit = False  # _close_all_at_exit waits for these instead
             _LIVE.add(self)
-        return self._client
+        return client
 
     def _model_param(self) -> str:
         return self.model_name

@@ -7,7 +7,6 @@ or `config`; `base_url` points the SDK at a self-hosted gateway (then no Portkey
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -54,31 +53,22 @@ class PortkeyClient(BaseLM):
         self.config = config
         self.default_headers = dict(default_headers or {})
         self.portkey_kwargs = dict(portkey_kwargs or {})
-        self._client: Any = None
-        self._client_loop: asyncio.AbstractEventLoop | None = None
 
-    def _sdk_client(self) -> Any:
-        """The SDK client, built once, on the loop of the first call."""
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._client_loop is not loop:
-            # An SDK client is bound to the loop it first ran on. rlm makes every call on its
-            # one shared loop, so this rebuilds only for a caller awaiting from another loop.
-            self._client_loop = loop
-            kwargs: dict[str, Any] = dict(self.portkey_kwargs)
-            for name, value in (
-                ("api_key", self._api_key),
-                ("base_url", self.base_url),
-                ("virtual_key", self.virtual_key),
-                ("provider", self.gateway_provider),
-                ("config", self.config),
-            ):
-                if value is not None:
-                    kwargs[name] = value
-            client = self._portkey.AsyncPortkey(**kwargs)
-            # AsyncPortkey builds its OpenAI client with max_retries=1; BaseLM does the retrying.
-            client.openai_client.max_retries = 0
-            self._client = client
-        return self._client
+    def _make_client(self) -> Any:
+        kwargs: dict[str, Any] = dict(self.portkey_kwargs)
+        for name, value in (
+            ("api_key", self._api_key),
+            ("base_url", self.base_url),
+            ("virtual_key", self.virtual_key),
+            ("provider", self.gateway_provider),
+            ("config", self.config),
+        ):
+            if value is not None:
+                kwargs[name] = value
+        client = self._portkey.AsyncPortkey(**kwargs)
+        # AsyncPortkey builds its OpenAI client with max_retries=1; BaseLM does the retrying.
+        client.openai_client.max_retries = 0
+        return client
 
     async def _acomplete(self, messages: list[Message], sampling: dict[str, Any]) -> LMResponse:
         client = self._sdk_client()
