@@ -200,20 +200,72 @@ async def read_frame(
     return decode_payload(body)
 
 
-def settle(future: concurrent.futures.Future[dict[str, Any]], message: dict[str, Any]) -> None:
-    """Complete a request's future from its response: the result, or a typed error."""
-    error = message.get("error")
-    if error is not None:
-        if isinstance(error, dict):
-            future.set_exception(
-                RemoteError(str(error.get("type", "RemoteError")), str(error.get("message", "")))
-            )
+class PendingRequests:
+    """The requests of a multiplexed client still waiting for a response, by id.
+
+    Shared by `Connection` (REPL -> LMHandler) and the sandbox worker's channel to the host:
+    each request gets a fresh id and a future; a response settles its future with the result or
+    a typed `RemoteError`; a dead transport fails every pending and later request.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._futures: dict[int, concurrent.futures.Future[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)  # next() is atomic under the GIL
+        self.error: ProtocolError | None = None
+
+    def open(self) -> tuple[int, concurrent.futures.Future[dict[str, Any]]]:
+        """A new request id and its future (already failed when the transport is dead)."""
+        future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+        future.set_running_or_notify_cancel()  # requests cannot be withdrawn once sent
+        request_id = next(self._ids)
+        with self._lock:
+            if self.error is not None:
+                future.set_exception(self.error)
+            else:
+                self._futures[request_id] = future
+        return request_id, future
+
+    def discard(self, request_id: int, error: BaseException) -> None:
+        """Fail one request that could not be sent."""
+        with self._lock:
+            future = self._futures.pop(request_id, None)
+        if future is not None:
+            future.set_exception(error)
+
+    def settle(self, message: dict[str, Any]) -> None:
+        """Complete a request's future from its response: the result, or a typed error."""
+        request_id = message.get("id")
+        with self._lock:
+            future = self._futures.pop(request_id, None) if isinstance(request_id, int) else None
+        if future is None:
+            return  # not ours (already failed); nothing is waiting for it
+        error = message.get("error")
+        if error is not None:
+            if isinstance(error, dict):
+                future.set_exception(
+                    RemoteError(
+                        str(error.get("type", "RemoteError")), str(error.get("message", ""))
+                    )
+                )
+            else:
+                future.set_exception(ProtocolError(f"malformed error in response: {error!r}"))
+        elif isinstance(message.get("result"), dict):
+            future.set_result(message["result"])
         else:
-            future.set_exception(ProtocolError(f"malformed error in response: {error!r}"))
-    elif isinstance(message.get("result"), dict):
-        future.set_result(message["result"])
-    else:
-        future.set_exception(ProtocolError("response carries neither a result nor an error"))
+            future.set_exception(ProtocolError("response carries neither a result nor an error"))
+
+    def fail(self, error: ProtocolError) -> None:
+        """The transport died: fail everything pending, and every later request."""
+        with self._lock:
+            if self.error is None:
+                self.error = error
+            error = self.error
+            futures = list(self._futures.values())
+            self._futures.clear()
+        for future in futures:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                future.set_exception(error)
 
 
 class Connection:
@@ -237,9 +289,7 @@ class Connection:
         self.depth = 0
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._pending: dict[int, concurrent.futures.Future[dict[str, Any]]] = {}
-        self._ids = itertools.count(1)
-        self._error: ProtocolError | None = None
+        self._pending = PendingRequests()
         self._closed = False
         try:
             self._hello(token, hello_timeout)
@@ -291,15 +341,14 @@ class Connection:
         """Send one request; the future gets its result or a typed error."""
         if not isinstance(payload, dict):
             raise TypeError(f"a request must be a dict, not {type(payload).__name__}")
-        future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
-        future.set_running_or_notify_cancel()  # requests cannot be withdrawn once sent
-        request_id = next(self._ids)  # itertools.count is atomic under the GIL
-        frame = encode_frame({**payload, "id": request_id}, self.max_frame_bytes)
-        with self._lock:
-            if self._error is not None:
-                future.set_exception(self._error)
-                return future
-            self._pending[request_id] = future
+        request_id, future = self._pending.open()
+        if future.done():
+            return future
+        try:
+            frame = encode_frame({**payload, "id": request_id}, self.max_frame_bytes)
+        except ProtocolError as exc:  # this request only (not encodable): the caller's error
+            self._pending.discard(request_id, exc)
+            raise
         try:
             with self._write_lock:
                 self._sock.sendall(frame)
@@ -312,8 +361,7 @@ class Connection:
 
     @property
     def closed(self) -> bool:
-        with self._lock:
-            return self._error is not None
+        return self._pending.error is not None
 
     def _read_loop(self) -> None:
         decoder = FrameDecoder(self.max_frame_bytes)
@@ -344,20 +392,10 @@ class Connection:
             kind = error.get("type") if isinstance(error, dict) else None
             text = error.get("message") if isinstance(error, dict) else repr(message)
             raise ProtocolError(f"the LMHandler reported {kind or 'an error'}: {text}")
-        with self._lock:
-            future = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
-        if future is None:
-            return  # not ours (already failed); nothing is waiting for it
-        settle(future, message)
+        self._pending.settle(message)
 
     def _fail(self, error: ProtocolError) -> None:
-        with self._lock:
-            if self._error is None:
-                self._error = error
-            pending = list(self._pending.values())
-            self._pending.clear()
-        for future in pending:
-            future.set_exception(self._error)
+        self._pending.fail(error)
 
     def close(self) -> None:
         """Close the connection; pending requests fail with `ProtocolError`. Idempotent."""

@@ -43,7 +43,6 @@ import concurrent.futures
 import contextlib
 import hmac
 import io
-import itertools
 import json
 import os
 import platform
@@ -62,7 +61,13 @@ from rlm.errors import FrameTooLargeError, ProtocolError
 
 from . import capture
 from .procgroup import GroupReaper, lead_own_group
-from .protocol import MAX_FRAME_BYTES, PROTOCOL_VERSION, decode_payload, encode_frame, settle
+from .protocol import (
+    MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+    PendingRequests,
+    decode_payload,
+    encode_frame,
+)
 from .repl import CellResult, CellTimeout, Repl
 
 CHANNEL_VERSION = 1
@@ -494,47 +499,29 @@ class HostChannel:
 
     def __init__(self, writer: FrameWriter) -> None:
         self._writer = writer
-        self._lock = threading.Lock()
-        self._pending: dict[int, concurrent.futures.Future[dict[str, Any]]] = {}
-        self._ids = itertools.count(1)
-        self._error: ProtocolError | None = None
+        self._pending = PendingRequests()
 
     def submit(self, payload: dict[str, Any]) -> concurrent.futures.Future[dict[str, Any]]:
-        future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
-        future.set_running_or_notify_cancel()
-        request_id = next(self._ids)
-        with self._lock:
-            if self._error is not None:
-                future.set_exception(self._error)
-                return future
-            self._pending[request_id] = future
+        request_id, future = self._pending.open()
+        if future.done():
+            return future
         try:
             self._writer.send({**payload, "id": request_id})
         except ProtocolError as exc:  # this request only (not encodable)
-            with self._lock:
-                self._pending.pop(request_id, None)
-            future.set_exception(exc)
+            self._pending.discard(request_id, exc)
         except OSError as exc:
             self.fail(ProtocolError(f"the channel to the host is gone: {exc}"))
         return future
 
     def resolve(self, message: dict[str, Any]) -> None:
-        request_id = message.get("id")
-        with self._lock:
-            future = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
-        if future is None:
-            return
-        settle(future, message)
+        self._pending.settle(message)
+
+    def after_fork_in_child(self) -> None:
+        """A forked child starts with no requests of its own and no lock held by another thread."""
+        self._pending = PendingRequests()
 
     def fail(self, error: ProtocolError) -> None:
-        with self._lock:
-            if self._error is None:
-                self._error = error
-            pending = list(self._pending.values())
-            self._pending.clear()
-        for future in pending:
-            with contextlib.suppress(concurrent.futures.InvalidStateError):
-                future.set_exception(error)
+        self._pending.fail(error)
 
 
 def read_messages(
@@ -810,7 +797,7 @@ class Worker:
         """In a forked child: no channel (its fds are closed), and no lock another thread of
         the parent might have held at the fork."""
         self.writer._lock = threading.Lock()
-        self.channel._lock = threading.Lock()
+        self.channel.after_fork_in_child()
         self.channel.fail(ProtocolError("a forked child process has no channel to the host"))
         if self.fd_capture is not None:
             self.fd_capture.after_fork_in_child()
