@@ -59,6 +59,9 @@ _SDK_OF = {"anthropic": "anthropic", "gemini": "google.genai", "portkey": "portk
 
 
 def _make(kind: str, sim: ProviderSimulator, model: str = "sim-model", **kw: Any) -> BaseLM:
+    """A client of `kind`; "<kind>_sdk" is the same client sending every request via its SDK."""
+    if kind.endswith("_sdk"):
+        return _make(kind.removesuffix("_sdk"), sim, model, direct_http=False, **kw)
     pytest.importorskip(_SDK_OF.get(kind, "litellm" if kind.startswith("litellm") else "openai"))
     if kind == "openai":
         return OpenAIClient(model, api_key=KEY, base_url=sim.openai_base_url, **kw)
@@ -88,18 +91,23 @@ def _make(kind: str, sim: ProviderSimulator, model: str = "sim-model", **kw: Any
 
 ALL = [
     "openai",
+    "openai_sdk",
     "azure",
+    "azure_sdk",
     "openrouter",
     "vllm",
     "anthropic",
+    "anthropic_sdk",
     "gemini",
     "litellm_openai",
     "litellm_anthropic",
     "portkey",
 ]
-SDKS = ["openai", "anthropic", "gemini", "litellm_openai", "portkey"]  # one per SDK
+# One per SDK, and the openai and anthropic clients both sending directly and via their SDK.
+SDKS = ["openai", "openai_sdk", "anthropic", "anthropic_sdk", "gemini", "litellm_openai", "portkey"]
 WIRE = {k: "openai" for k in ALL} | {
     "anthropic": "anthropic",
+    "anthropic_sdk": "anthropic",
     "litellm_anthropic": "anthropic",
     "gemini": "gemini",
 }
@@ -224,7 +232,8 @@ def test_sampling_args_reach_the_wire(kind: str, sim: ProviderSimulator) -> None
     body = sim.requests[-1].body
     wire = WIRE[kind]
     if wire == "openai":
-        field = "max_completion_tokens" if kind in ("openai", "azure") else "max_tokens"
+        openai_itself = kind.removesuffix("_sdk") in ("openai", "azure")
+        field = "max_completion_tokens" if openai_itself else "max_tokens"
         assert body[field] == 77
         assert (body["temperature"], body["top_p"], body["seed"]) == (0.25, 0.5, 7)
         assert body["stop"] == ["STOP"]

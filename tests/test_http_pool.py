@@ -67,31 +67,49 @@ def test_one_ssl_context_for_every_client() -> None:
         asyncio.run(second.aclose())
 
 
+CLIENTS = {
+    "openai": 'OpenAIClient("m", base_url=sim.openai_base_url, api_key="x")',
+    "openai_sdk": 'OpenAIClient("m", base_url=sim.openai_base_url, api_key="x", direct_http=False)',
+    "anthropic": 'AnthropicClient("m", base_url=sim.anthropic_base_url, api_key="x")',
+    "anthropic_sdk": (
+        'AnthropicClient("m", base_url=sim.anthropic_base_url, api_key="x", direct_http=False)'
+    ),
+    "gemini": 'GeminiClient("m", base_url=sim.gemini_base_url, api_key="x")',
+}
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("httpx_aiohttp") is None, reason="httpx-aiohttp not installed"
 )
-def test_unclosed_clients_leave_no_unclosed_session_warnings() -> None:
-    script = """
+@pytest.mark.parametrize("kind", list(CLIENTS))
+def test_unclosed_clients_leave_no_unclosed_session_warnings(kind: str) -> None:
+    pytest.importorskip("anthropic" if kind.startswith("anthropic") else "openai")
+    pytest.importorskip("google.genai" if kind == "gemini" else "openai")
+    script = f"""
 import gc, time
 from rlm import RLM
+from rlm.clients.anthropic import AnthropicClient
+from rlm.clients.gemini import GeminiClient
 from rlm.clients.openai import OpenAIClient
 from rlm.testing import ProviderSimulator
 sim = ProviderSimulator("FINAL(ok)")
 sim.start()
-client = OpenAIClient("m", base_url=sim.openai_base_url, api_key="x")
+client = {CLIENTS[kind]}
 print(client.completion("hi").text)
 del client  # never closed: collected
 gc.collect()
 time.sleep(0.3)
-rlm = RLM(backend="openai", backend_kwargs={"model_name": "m", "base_url": sim.openai_base_url,
-          "api_key": "x"})
+client = {CLIENTS[kind]}
+print(client.completion("hi").text)  # never closed: still alive at exit
+rlm = RLM(backend="openai", backend_kwargs={{"model_name": "m", "base_url": sim.openai_base_url,
+          "api_key": "x"}})
 print(rlm.completion("ctx").response)  # never closed: still alive at exit
 """
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=60
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["FINAL(ok)", "ok"]
+    assert done.stdout.split() == ["FINAL(ok)", "FINAL(ok)", "ok"]
     assert "Unclosed" not in done.stderr, done.stderr[:500]
 
 

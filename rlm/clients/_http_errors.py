@@ -9,6 +9,7 @@ helpers take those facts; each client extracts them from its SDK's exception cla
 from __future__ import annotations
 
 import email.utils
+import importlib.util
 import inspect
 import os
 import time
@@ -77,6 +78,31 @@ def check_options(provider: str, options: Mapping[str, Any]) -> None:
             f"{provider}: unknown argument(s) {', '.join(unknown)}; "
             f"the client options are: {', '.join(sorted(allowed))}"
         )
+
+
+def wants_direct_http(
+    provider: str, asked: bool | None, client_kwargs: Mapping[str, Any], *, extra: str
+) -> bool:
+    """Whether a Stainless-SDK client sends through `rlm.clients._direct_http`.
+
+    `asked` None means "when possible": aiohttp is installed and `client_kwargs` give the SDK
+    neither an `http_client` nor a callable (a token provider must run for every request).
+    Asking for it explicitly where it cannot honour `client_kwargs` is an error.
+    """
+    per_request = sorted(
+        name for name, value in client_kwargs.items() if name == "http_client" or callable(value)
+    )
+    if asked and per_request:
+        raise ConfigurationError(
+            f"{provider}: direct_http=True cannot honour client_kwargs {', '.join(per_request)}: "
+            "the SDK client must send every request itself"
+        )
+    if asked:
+        from rlm._optional import require
+
+        require("aiohttp", extra=extra)
+        return True
+    return asked is None and not per_request and importlib.util.find_spec("aiohttp") is not None
 
 
 def is_retryable_status(status: int | None) -> bool:
@@ -197,6 +223,23 @@ def is_transport_failure(exc: BaseException) -> bool:
     return False
 
 
+def http_status_error(
+    provider: str, status: int | None, body: Any, *, headers: Any, fallback: str
+) -> ProviderError:
+    """A `ProviderError` for an HTTP error answer, from its status, decoded body and headers.
+
+    The one place that reads an error answer, whether an SDK raised it or rlm's direct HTTP
+    path received it: the provider's own message (else `fallback`), context-window overflow by
+    code or message, Retry-After.
+    """
+    message = body_message(body, fallback)
+    code = body_code(body)
+    overflow = status in (400, 413, 422) and mentions_context_overflow(code, message)
+    return status_error(
+        provider, status, message, body=body, headers=headers, context_overflow=overflow
+    )
+
+
 def sdk_error(
     provider: str,
     exc: BaseException,
@@ -214,21 +257,13 @@ def sdk_error(
     if isinstance(exc, connection_error_cls):
         return transport_error(provider, exc)
     if isinstance(exc, status_error_cls):
-        body = getattr(exc, "body", None)
-        message = body_message(body, getattr(exc, "message", None) or str(exc))
-        code = getattr(exc, "code", None) or body_code(body)
-        status = getattr(exc, "status_code", None)
         response = getattr(exc, "response", None)
-        overflow = status in (400, 413, 422) and mentions_context_overflow(
-            code if isinstance(code, str) else None, message
-        )
-        return status_error(
+        return http_status_error(
             provider,
-            status,
-            message,
-            body=body,
+            getattr(exc, "status_code", None),
+            getattr(exc, "body", None),
             headers=getattr(response, "headers", None),
-            context_overflow=overflow,
+            fallback=getattr(exc, "message", None) or str(exc),
         )
     if isinstance(exc, base_cls):
         return ProviderError(f"{type(exc).__name__}: {exc}", provider=provider)

@@ -1,5 +1,9 @@
 """Anthropic Messages over the official `anthropic` SDK, with prompt caching on by default.
 
+Requests go out as the OpenAI client's do: by default directly, with the URL and headers the SDK
+built for the first request (`rlm.clients._direct_http`); with `direct_http=False`, or
+`client_kwargs` that need the SDK on every request, through `messages.create`.
+
 System messages go to the top-level `system`; consecutive turns of one role are merged (the
 API wants alternation). With `prompt_caching` (the default) two `cache_control` breakpoints mark
 the stable prefix: the last system block, and the last block of the last message, which rolls
@@ -13,10 +17,18 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from rlm._optional import require
-from rlm.clients._http_errors import check_options, resolve_api_key, sdk_error
+from rlm.clients._fields import count, field
+from rlm.clients._http_errors import (
+    check_options,
+    resolve_api_key,
+    sdk_error,
+    wants_direct_http,
+)
 from rlm.clients.base import BaseLM
 from rlm.core.types import LMResponse, Message, Usage
+from rlm.errors import ProviderError
 
+MESSAGES_PATH = "/v1/messages"
 DEFAULT_MAX_TOKENS = 4096
 MAX_CACHE_BREAKPOINTS = 4
 EPHEMERAL: dict[str, str] = {"type": "ephemeral"}
@@ -47,6 +59,7 @@ class AnthropicClient(BaseLM):
         default_headers: Mapping[str, str] | None = None,
         prompt_caching: bool = True,
         client_kwargs: Mapping[str, Any] | None = None,
+        direct_http: bool | None = None,
         **options: Any,
     ) -> None:
         check_options(self.provider, options)
@@ -57,25 +70,36 @@ class AnthropicClient(BaseLM):
         self.default_headers = dict(default_headers or {})
         self.prompt_caching = prompt_caching
         self.client_kwargs = dict(client_kwargs or {})
+        self.direct_http = wants_direct_http(
+            self.provider, direct_http, self.client_kwargs, extra="anthropic"
+        )
         self._create_params: frozenset[str] = frozenset()
 
     def _make_client(self) -> Any:
+        """The connection for this loop: a `DirectConnection`, or the SDK client itself."""
+        if self.direct_http:
+            from rlm.clients._direct_http import DirectConnection
+
+            return DirectConnection(self._build_sdk_client, self._sdk, self.provider, self.timeout)
+        from rlm.clients._http_pool import fast_http_client
+
+        client = self._build_sdk_client(fast_http_client(self._sdk))
+        self._create_params = frozenset(inspect.signature(client.messages.create).parameters)
+        return client
+
+    def _build_sdk_client(self, http_client: Any) -> Any:
         kwargs: dict[str, Any] = {
             "api_key": self._api_key,
             "timeout": self.timeout,
             "max_retries": 0,
+            "http_client": http_client,
             **self.client_kwargs,
         }
         if self.base_url:
             kwargs["base_url"] = self.base_url
         if self.default_headers:
             kwargs["default_headers"] = self.default_headers
-        from rlm.clients._http_pool import fast_http_client
-
-        kwargs.setdefault("http_client", fast_http_client(self._sdk))
-        client = self._sdk.AsyncAnthropic(**kwargs)
-        self._create_params = frozenset(inspect.signature(client.messages.create).parameters)
-        return client
+        return self._sdk.AsyncAnthropic(**kwargs)
 
     def _request(self, messages: list[Message], sampling: Mapping[str, Any]) -> dict[str, Any]:
         system, turns = to_anthropic(messages, caching=self.prompt_caching)
@@ -101,10 +125,29 @@ class AnthropicClient(BaseLM):
         return request
 
     async def _acomplete(self, messages: list[Message], sampling: dict[str, Any]) -> LMResponse:
-        client = self._sdk_client()
+        connection = self._sdk_client()
         request = self._request(messages, sampling)
+        if self.direct_http:
+            body = {name: value for name, value in request.items() if name != "extra_body"}
+            body.update(request.get("extra_body") or {})  # where the SDK would put it
+            response = await connection.post_json(MESSAGES_PATH, body)
+            if not isinstance(response, Mapping):
+                raise ProviderError(
+                    f"expected a JSON message, got {str(response)[:200]!r}", provider=self.provider
+                )
+        else:
+            response = await self._create(connection, request)
+        text = "".join(
+            str(field(block, "text") or "")
+            for block in (field(response, "content") or [])
+            if field(block, "type") == "text"
+        )
+        model = field(response, "model") or self.model_name
+        return LMResponse(text, str(model), anthropic_usage(field(response, "usage")))
+
+    async def _create(self, client: Any, request: dict[str, Any]) -> Any:
         try:
-            response = await client.messages.create(**request)
+            return await client.messages.create(**request)
         except Exception as exc:
             error = sdk_error(
                 self.provider,
@@ -116,18 +159,6 @@ class AnthropicClient(BaseLM):
             if error is None:
                 raise
             raise error from exc
-        text = "".join(
-            block.text
-            for block in (getattr(response, "content", None) or [])
-            if getattr(block, "type", None) == "text"
-        )
-        model = getattr(response, "model", None) or self.model_name
-        return LMResponse(text, str(model), anthropic_usage(getattr(response, "usage", None)))
-
-    async def aclose(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.close()
 
 
 def to_anthropic(
@@ -194,12 +225,12 @@ def anthropic_usage(usage: Any) -> Usage:
     """Usage of one message; input counts every prompt token (fresh + cache read + written)."""
     if usage is None:
         return Usage()
-    fresh = getattr(usage, "input_tokens", None) or 0
-    read = getattr(usage, "cache_read_input_tokens", None) or 0
-    written = getattr(usage, "cache_creation_input_tokens", None) or 0
+    fresh = count(field(usage, "input_tokens"))
+    read = count(field(usage, "cache_read_input_tokens"))
+    written = count(field(usage, "cache_creation_input_tokens"))
     return Usage(
         input_tokens=fresh + read + written,
-        output_tokens=getattr(usage, "output_tokens", None) or 0,
+        output_tokens=count(field(usage, "output_tokens")),
         cached_tokens=read,
         cache_write_tokens=written,
     )

@@ -56,12 +56,13 @@ class AzureOpenAIClient(OpenAIClient):
         )
         self.azure_deployment = azure_deployment or model_name
 
-    def _make_client(self) -> Any:
+    def _build_sdk_client(self, http_client: Any) -> Any:
         kwargs: dict[str, Any] = {
             "api_key": self._api_key,
             "api_version": self.api_version,
             "timeout": self.timeout,
             "max_retries": 0,
+            "http_client": http_client,
             **self.client_kwargs,
         }
         if self.base_url:
@@ -71,9 +72,6 @@ class AzureOpenAIClient(OpenAIClient):
             kwargs["azure_deployment"] = self.azure_deployment
         if self.default_headers:
             kwargs["default_headers"] = self.default_headers
-        from rlm.clients._http_pool import fast_http_client
-
-        kwargs.setdefault("http_client", fast_http_client(self._sdk))
         return self._sdk.AsyncAzureOpenAI(**kwargs)
 
     def _model_param(self) -> str:

@@ -10,11 +10,15 @@ adaptive concurrency limit, and pricing calls that the provider did not price.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
+import concurrent.futures
+import contextlib
 import random
 import time
+import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, ClassVar
 
 from rlm.clients.pricing import price_usage
@@ -101,31 +105,52 @@ class BaseLM(ABC):
         self.retry_base_delay = retry_base_delay
         self.retry_max_delay = retry_max_delay
         self.limiter = AdaptiveLimiter(max_concurrency)
-        self._client: Any = None  # the provider SDK's client, see _sdk_client
+        self._client: Any = None  # the SDK client or rlm's own connection, see _sdk_client
         self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
 
     @abstractmethod
     async def _acomplete(self, messages: list[Message], sampling: dict[str, Any]) -> LMResponse:
         """One request to the provider. Translate SDK errors to `ProviderError` here."""
 
     def _make_client(self) -> Any:
-        """Build the provider SDK's async client (clients that wrap an SDK override this)."""
+        """Build the client's connection for the running loop: its SDK's async client, or an
+        object of rlm's own with an async `close` (clients that wrap an SDK override this)."""
         raise NotImplementedError(f"{type(self).__name__} has no SDK client")
 
+    @staticmethod
+    async def _close_client(client: Any) -> None:
+        """Close what `_make_client` built (override when the SDK closes differently)."""
+        await client.close()
+
     def _sdk_client(self) -> Any:
-        """The SDK client: built once, on the loop of the first call, then reused.
+        """The connection `_make_client` builds: once, on the loop of the first call, then reused.
 
         An SDK client is bound to the event loop it first ran on. rlm makes every call on its
-        one shared loop, so this rebuilds only for a caller awaiting from another loop.
+        one shared loop, so this rebuilds only for a caller awaiting from another loop; the
+        client of the other loop is then closed there.
         """
         loop = asyncio.get_running_loop()
         if self._client is None or self._client_loop is not loop:
+            if self._finalizer is not None:
+                self._finalizer()  # the client of the other loop is abandoned: close it there
             self._client_loop = loop
-            self._client = self._make_client()
+            self._client = client = self._make_client()
+            self._finalizer = weakref.finalize(
+                self, _close_abandoned, type(self)._close_client, client, loop
+            )
+            self._finalizer.atexit = False  # _close_all_at_exit waits for these instead
+            _LIVE.add(self)
         return self._client
 
-    async def aclose(self) -> None:  # noqa: B027 - optional hook
-        """Release the SDK client's connections. Override when there is something to close."""
+    async def aclose(self) -> None:
+        """Release the client's connections; the next call builds a new client."""
+        client, self._client = self._client, None
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        if client is not None:
+            await self._close_client(client)
 
     async def acompletion(self, prompt: Prompt, **sampling: Any) -> LMResponse:
         """Complete a prompt: retries, concurrency limit and pricing included."""
@@ -191,3 +216,45 @@ class BaseLM(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model_name={self.model_name!r})"
+
+
+# An SDK client over aiohttp that is never closed logs "Unclosed client session" when it is
+# collected or the process exits, and users of the reference API never call close(). So an
+# abandoned client is closed on its loop when its owner is collected, and at exit every live
+# one is closed before the interpreter goes down.
+_LIVE: weakref.WeakSet[BaseLM] = weakref.WeakSet()
+_CLOSING: set[concurrent.futures.Future[Any]] = set()
+
+
+def _close_abandoned(
+    close: Callable[[Any], Coroutine[Any, Any, None]], client: Any, loop: asyncio.AbstractEventLoop
+) -> None:
+    if loop.is_closed():
+        return
+    closing = close(client)
+    try:
+        future = asyncio.run_coroutine_threadsafe(closing, loop)
+    except RuntimeError:  # the loop is shutting down
+        closing.close()
+        return
+    _CLOSING.add(future)
+    future.add_done_callback(_CLOSING.discard)
+
+
+@atexit.register
+def _close_all_at_exit() -> None:
+    for owner in list(_LIVE):
+        loop = owner._client_loop
+        if owner._client is None or loop is None or loop.is_closed() or not loop.is_running():
+            continue
+        if loop is _running_loop():
+            continue  # exiting from inside the loop: nothing can wait here
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(owner.aclose(), loop).result(timeout=2.0)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

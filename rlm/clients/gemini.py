@@ -153,11 +153,10 @@ class GeminiClient(BaseLM):
         model = getattr(response, "model_version", None) or self.model_name
         return LMResponse(text, str(model), gemini_usage(getattr(response, "usage_metadata", None)))
 
-    async def aclose(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aio.aclose()
-            client.close()
+    @staticmethod
+    async def _close_client(client: Any) -> None:
+        await client.aio.aclose()
+        client.close()
 
 
 def to_gemini(messages: list[Message]) -> tuple[str | None, list[dict[str, Any]]]:

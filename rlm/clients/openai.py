@@ -1,29 +1,37 @@
 """OpenAI chat completions over the official `openai` SDK, plus OpenRouter and vLLM presets.
 
-One `AsyncOpenAI` per client object, created on the first call (on the shared rlm loop) and
-reused for its whole life. The SDK's own retries are off: `BaseLM` retries, with the adaptive
-concurrency limit seeing every 429.
+One connection per client object (an `AsyncOpenAI`, or the direct HTTP session below), created
+on the first call (on the shared rlm loop) and reused for its whole life. The SDK's own retries
+are off: `BaseLM` retries, with the adaptive concurrency limit seeing every 429.
 
-Requests go through the SDK's documented generic `client.post(path, body=..., cast_to=object)`
-rather than `chat.completions.create`: the SDK then still authenticates, builds the URL (Azure
-deployments included), sends and raises its typed errors, but skips re-walking every message
-against the request's TypedDicts (milliseconds per call, growing with the history) and building
-pydantic models of the answer. The body is the same JSON `create` would send.
+The body is the JSON `chat.completions.create` would send, built here once per call: the SDK's
+`create` re-walks every message against its TypedDicts (milliseconds per call, growing with the
+history) and builds pydantic models of the answer. It goes out one of two ways:
+
+- direct HTTP (the default): the SDK builds the first request for each model (URL, Azure's
+  deployment and api-version, auth and version headers) and later ones reuse its URL and
+  headers over one aiohttp session, skipping the SDK's ~1 ms of per-request CPU; see
+  `rlm.clients._direct_http`. Off for `client_kwargs` with an `http_client` or a callable
+  (a token provider must run for each request), or with `direct_http=False`.
+- through the SDK's generic `client.post(path, body=..., cast_to=object)` for every request.
+
+Both raise the same `ProviderError`s for the same answers.
 """
 
 from __future__ import annotations
 
-import asyncio
-import atexit
-import concurrent.futures
-import contextlib
 import os
-import weakref
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from rlm._optional import require
-from rlm.clients._http_errors import check_options, openai_style_error, resolve_api_key
+from rlm.clients._fields import count, field
+from rlm.clients._http_errors import (
+    check_options,
+    openai_style_error,
+    resolve_api_key,
+    wants_direct_http,
+)
 from rlm.clients.base import BaseLM
 from rlm.core.types import LMResponse, Message, Usage
 from rlm.errors import ProviderError
@@ -37,6 +45,10 @@ class OpenAIClient(BaseLM):
     `sampling_args` use the chat-completions names (`temperature`, `top_p`, `seed`, `stop`,
     `prompt_cache_key`, ...); `max_tokens` is sent as `max_completion_tokens`, the name current
     OpenAI models require. Names the SDK does not know travel in `extra_body`.
+
+    `direct_http` (default: on when aiohttp is installed and `client_kwargs` leave the SDK's
+    transport and credentials alone) sends requests the SDK built once; see the module's
+    docstring.
     """
 
     provider: ClassVar[str] = "openai"
@@ -55,6 +67,7 @@ class OpenAIClient(BaseLM):
         base_url: str | None = None,
         default_headers: Mapping[str, str] | None = None,
         client_kwargs: Mapping[str, Any] | None = None,
+        direct_http: bool | None = None,
         **options: Any,
     ) -> None:
         check_options(self.provider, options)
@@ -66,35 +79,35 @@ class OpenAIClient(BaseLM):
         self.base_url = base_url or self.default_base_url
         self.default_headers = dict(default_headers or {})
         self.client_kwargs = dict(client_kwargs or {})
-        self._finalizer: weakref.finalize[Any, Any] | None = None
+        self.direct_http = wants_direct_http(
+            self.provider, direct_http, self.client_kwargs, extra=self.extra
+        )
 
     def _make_client(self) -> Any:
+        """The connection for this loop: a `DirectConnection`, or the SDK client itself."""
+        if self.direct_http:
+            from rlm.clients._direct_http import DirectConnection
+
+            return DirectConnection(
+                self._build_sdk_client, self._sdk, self.provider, self.timeout, openai_error_body
+            )
+        from rlm.clients._http_pool import fast_http_client  # httpx: only once an SDK is in use
+
+        return self._build_sdk_client(fast_http_client(self._sdk))
+
+    def _build_sdk_client(self, http_client: Any) -> Any:
         kwargs: dict[str, Any] = {
             "api_key": self._api_key,
             "timeout": self.timeout,
             "max_retries": 0,
+            "http_client": http_client,
             **self.client_kwargs,
         }
         if self.base_url:
             kwargs["base_url"] = self.base_url
         if self.default_headers:
             kwargs["default_headers"] = self.default_headers
-        from rlm.clients._http_pool import fast_http_client  # httpx: only once an SDK is in use
-
-        kwargs.setdefault("http_client", fast_http_client(self._sdk))
         return self._sdk.AsyncOpenAI(**kwargs)
-
-    def _sdk_client(self) -> Any:
-        previous = self._client
-        client = super()._sdk_client()
-        if client is not previous:  # built, or rebuilt for another loop
-            if self._finalizer is not None:
-                self._finalizer()  # the client of the other loop is abandoned: close it there
-            loop = asyncio.get_running_loop()  # the loop the new client is bound to
-            self._finalizer = weakref.finalize(self, _close_abandoned, client, loop)
-            self._finalizer.atexit = False  # _close_all_at_exit waits for these instead
-            _LIVE.add(self)
-        return client
 
     def _model_param(self) -> str:
         return self.model_name
@@ -115,15 +128,18 @@ class OpenAIClient(BaseLM):
         return {"model": self._model_param(), "messages": messages, **args, **extra_body}
 
     async def _acomplete(self, messages: list[Message], sampling: dict[str, Any]) -> LMResponse:
-        client = self._sdk_client()
+        connection = self._sdk_client()
         body = self._request(messages, sampling)
-        try:
-            data = await client.post(CHAT_PATH, body=body, cast_to=object)
-        except Exception as exc:
-            error = openai_style_error(self.provider, exc, self._sdk)
-            if error is None:
-                raise
-            raise error from exc
+        if self.direct_http:
+            data = await connection.post_json(CHAT_PATH, body)
+        else:
+            try:
+                data = await connection.post(CHAT_PATH, body=body, cast_to=object)
+            except Exception as exc:
+                error = openai_style_error(self.provider, exc, self._sdk)
+                if error is None:
+                    raise
+                raise error from exc
         if not isinstance(data, Mapping):
             raise ProviderError(
                 f"expected a JSON chat completion, got {str(data)[:200]!r}", provider=self.provider
@@ -131,52 +147,6 @@ class OpenAIClient(BaseLM):
         return chat_completion_response(
             data, self.model_name, provider=self.provider, reports_cost=self.reports_cost
         )
-
-    async def aclose(self) -> None:
-        client, self._client = self._client, None
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
-        if client is not None:
-            await client.close()
-
-
-# An SDK client over aiohttp that is never closed logs "Unclosed client session" when it is
-# collected or the process exits, and users of the reference API never call close(). So an
-# abandoned client is closed on its loop when its owner is collected, and at exit every live
-# one is closed before the interpreter goes down.
-_LIVE: weakref.WeakSet[OpenAIClient] = weakref.WeakSet()
-_CLOSING: set[concurrent.futures.Future[Any]] = set()
-
-
-def _close_abandoned(sdk_client: Any, loop: asyncio.AbstractEventLoop) -> None:
-    if loop.is_closed():
-        return
-    try:
-        future = asyncio.run_coroutine_threadsafe(sdk_client.close(), loop)
-    except RuntimeError:  # the loop is shutting down
-        return
-    _CLOSING.add(future)
-    future.add_done_callback(_CLOSING.discard)
-
-
-@atexit.register
-def _close_all_at_exit() -> None:
-    for owner in list(_LIVE):
-        loop = owner._client_loop
-        if owner._client is None or loop is None or loop.is_closed() or not loop.is_running():
-            continue
-        if loop is _running_loop():
-            continue  # exiting from inside the loop: nothing can wait here
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(owner.aclose(), loop).result(timeout=2.0)
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 class OpenRouterClient(OpenAIClient):
@@ -202,18 +172,23 @@ class VLLMClient(OpenAIClient):
         super().__init__(model_name, base_url=base_url or os.environ.get("VLLM_BASE_URL"), **kwargs)
 
 
+def openai_error_body(body: Any) -> Any:
+    """The `body` of the openai SDK's status errors: the inner `error` object if there is one."""
+    return body.get("error", body) if isinstance(body, Mapping) else body
+
+
 def chat_completion_response(
     response: Any, fallback_model: str, *, provider: str, reports_cost: bool = False
 ) -> LMResponse:
     """An `LMResponse` from an OpenAI-shaped chat completion: an SDK object or its JSON."""
-    choices = _field(response, "choices") or []
+    choices = field(response, "choices") or []
     text = ""
     if choices:
-        text = content_text(_field(_field(choices[0], "message"), "content"))
-    elif error := _field(response, "error"):
+        text = content_text(field(field(choices[0], "message"), "content"))
+    elif error := field(response, "error"):
         raise ProviderError(f"no choices in the response: {error}", provider=provider)
-    model = _field(response, "model") or fallback_model
-    return LMResponse(text, str(model), chat_usage(_field(response, "usage"), reports_cost))
+    model = field(response, "model") or fallback_model
+    return LMResponse(text, str(model), chat_usage(field(response, "usage"), reports_cost))
 
 
 def content_text(content: Any) -> str:
@@ -234,30 +209,18 @@ def chat_usage(usage: Any, reports_cost: bool = False) -> Usage:
     """Usage of one chat completion; a missing usage block counts as zeros."""
     if usage is None:
         return Usage()
-    details = _field(usage, "prompt_tokens_details")
-    cached = _int(_field(details, "cached_tokens"))
+    details = field(usage, "prompt_tokens_details")
+    cached = count(field(details, "cached_tokens"))
     # Gateways in front of Anthropic (OpenRouter, LiteLLM) report cache writes too.
-    written = _int(_field(details, "cache_write_tokens")) or _int(
-        _field(usage, "cache_creation_input_tokens")
+    written = count(field(details, "cache_write_tokens")) or count(
+        field(usage, "cache_creation_input_tokens")
     )
-    cached = cached or _int(_field(usage, "cache_read_input_tokens"))
-    cost = _field(usage, "cost") if reports_cost else None
+    cached = cached or count(field(usage, "cache_read_input_tokens"))
+    cost = field(usage, "cost") if reports_cost else None
     return Usage(
-        input_tokens=_int(_field(usage, "prompt_tokens")),
-        output_tokens=_int(_field(usage, "completion_tokens")),
+        input_tokens=count(field(usage, "prompt_tokens")),
+        output_tokens=count(field(usage, "completion_tokens")),
         cached_tokens=cached,
         cache_write_tokens=written,
         cost=float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None,
     )
-
-
-def _field(obj: Any, name: str) -> Any:
-    if obj is None:
-        return None
-    if isinstance(obj, Mapping):
-        return obj.get(name)
-    return getattr(obj, name, None)
-
-
-def _int(value: Any) -> int:
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0

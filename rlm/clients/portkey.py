@@ -88,8 +88,7 @@ class PortkeyClient(BaseLM):
             raise error from exc
         return chat_completion_response(response, self.model_name, provider=self.provider)
 
-    async def aclose(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.openai_client.close()
-            await client.close()
+    @staticmethod
+    async def _close_client(client: Any) -> None:
+        await client.openai_client.close()
+        await client.close()

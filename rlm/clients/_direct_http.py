@@ -1,0 +1,193 @@
+"""Sending exactly what a Stainless-generated SDK (openai, anthropic) would send, without its
+per-request work.
+
+Why: those SDKs rebuild every request from scratch (copy the options, merge and encode the
+headers, parse and join the URL, build an httpx request and pass it through httpx to the
+transport). That is about 1.1 ms of CPU per call, against 0.35 ms for the HTTP exchange itself:
+most of a 256-way `llm_query_batched` against a 100 ms provider (B2 in BENCHMARKS.md).
+
+How: the SDK still decides what goes on the wire. For each endpoint and model, a twin of the
+client's SDK client (same arguments, an httpx client whose transport records instead of
+sending) makes the first request through its public `post`; the recorded URL and headers
+(Azure's deployment path and api-version, the auth header, the SDK's version headers, the
+user's default headers) are reused for every later request, whose JSON body goes out over one
+aiohttp session. Error answers become `ProviderError`s through the same helper that translates
+the SDK's exceptions, so a caller cannot tell the two paths apart by what they raise.
+
+Only for clients whose SDK client rlm configures from static settings: credentials that change
+per request (a token provider) or a user's own `http_client` need the SDK on every request.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import aiohttp
+
+from rlm.clients._http_errors import http_status_error, transport_error
+from rlm.clients._http_pool import KEEPALIVE_EXPIRY, shared_ssl_context
+from rlm.errors import ConfigurationError, ProviderError
+
+# Set by aiohttp for each request (length, host, its own decoders) or tied to one connection.
+_PER_REQUEST_HEADERS = frozenset(
+    {"content-length", "host", "accept-encoding", "connection", "transfer-encoding"}
+)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one endpoint's requests go and the headers they carry, as the SDK built them."""
+
+    url: str
+    headers: Mapping[str, str]
+    proxy: str | None  # from HTTP(S)_PROXY / NO_PROXY when the route was learnt
+
+
+def _recording_client(sdk: ModuleType) -> tuple[Any, list[Any]]:
+    """An httpx client whose transport keeps each request and answers `{}`, with no network.
+
+    Built from the httpx package the SDK is built on (newer anthropic releases use the
+    `httpx2` fork, whose classes the SDK requires): the one its `DefaultAsyncHttpxClient`
+    subclasses.
+    """
+    roots = {cls.__module__.partition(".")[0] for cls in sdk.DefaultAsyncHttpxClient.__mro__}
+    package = importlib.import_module("httpx2" if "httpx2" in roots else "httpx")
+    requests: list[Any] = []
+
+    class Recorder(package.AsyncBaseTransport):  # type: ignore[name-defined]
+        async def handle_async_request(self, request: Any) -> Any:
+            requests.append(request)
+            return package.Response(200, json={}, request=request)
+
+    # trust_env=False: an env proxy would mount its own transport in place of the recorder
+    return package.AsyncClient(transport=Recorder(), trust_env=False), requests
+
+
+def _unchanged(body: Any) -> Any:
+    return body
+
+
+class DirectConnection:
+    """One aiohttp session on the running event loop, and the routes learnt for it.
+
+    Built by a client on the loop of its first call (see `BaseLM._sdk_client`) and closed with
+    the client. `build_sdk_client(http_client)` makes an SDK client (module `sdk`) configured
+    as the client's own; `error_body` maps a decoded error answer to the `body` the SDK's
+    exception would carry (openai keeps the inner `error` object, anthropic the whole document).
+    """
+
+    def __init__(
+        self,
+        build_sdk_client: Callable[[Any], Any],
+        sdk: ModuleType,
+        provider: str,
+        timeout: float | None,
+        error_body: Callable[[Any], Any] = _unchanged,
+    ) -> None:
+        self.provider = provider
+        self._build_sdk_client = build_sdk_client
+        self._sdk = sdk
+        self._error_body = error_body
+        self._routes: dict[tuple[str, str], Route] = {}
+        connector = aiohttp.TCPConnector(
+            limit=0,  # the client's adaptive limiter bounds requests in flight
+            ssl=shared_ssl_context(),
+            keepalive_timeout=KEEPALIVE_EXPIRY,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=timeout, sock_connect=timeout, sock_read=timeout
+            ),
+            trust_env=False,  # reads the environment and ~/.netrc per request; see env_proxy
+        )
+
+    async def post_json(self, path: str, body: Mapping[str, Any]) -> Any:
+        """POST `body` as JSON to `path` and return the decoded JSON answer.
+
+        Raises `ProviderError` for an error answer or a failed exchange (retryable when no
+        answer came), `ConfigurationError` for a body that is not JSON.
+        """
+        try:
+            data = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"{self.provider}: the request is not JSON: {exc}") from exc
+        key = (path, str(body.get("model")))
+        route = self._routes.get(key)
+        if route is None:
+            route = self._routes[key] = await self._record_route(path, body)
+        try:
+            async with self._session.post(
+                route.url, data=data.encode(), headers=route.headers, proxy=route.proxy
+            ) as response:
+                raw = await response.read()
+                status = response.status
+                headers = response.headers
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise transport_error(self.provider, exc) from exc
+        if status >= 400:
+            decoded = _decode(raw)
+            raise http_status_error(
+                self.provider,
+                status,
+                self._error_body(decoded),
+                headers=headers,
+                fallback=f"Error code: {status} - {decoded}",
+            )
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ProviderError(
+                f"expected a JSON answer, got {raw[:200]!r}", provider=self.provider
+            ) from None
+
+    async def _record_route(self, path: str, body: Mapping[str, Any]) -> Route:
+        """The URL and headers the SDK sends for a POST of `body` to `path`."""
+        http_client, requests = _recording_client(self._sdk)
+        try:
+            async with http_client:
+                await self._build_sdk_client(http_client).post(path, body=body, cast_to=object)
+        except Exception as exc:  # the SDK refused its own settings (no key, bad URL, ...)
+            raise ConfigurationError(
+                f"{self.provider}: the SDK could not build a request: {type(exc).__name__}: {exc}"
+            ) from exc
+        if len(requests) != 1:
+            raise ConfigurationError(
+                f"{self.provider}: the SDK made {len(requests)} requests for one POST {path}"
+            )
+        headers = {
+            name: value
+            for name, value in requests[0].headers.items()
+            if name.lower() not in _PER_REQUEST_HEADERS
+        }
+        url = str(requests[0].url)
+        return Route(url, headers, env_proxy(url))
+
+    async def close(self) -> None:
+        await self._session.close()
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy the environment names for `url` (HTTP_PROXY, HTTPS_PROXY, NO_PROXY), as httpx
+    and the SDKs honour it; read once per route rather than on every request."""
+    proxies = urllib.request.getproxies_environment()
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return proxies.get(parts.scheme) or proxies.get("all")
+
+
+def _decode(raw: bytes) -> Any:
+    """An error answer's body: its JSON when it is JSON, else its text."""
+    text = raw.decode("utf-8", "replace")
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
