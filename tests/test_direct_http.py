@@ -249,3 +249,58 @@ def test_env_proxy_reads_the_standard_variables(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("NO_PROXY", "openai.com,localhost")
     assert env_proxy("https://api.openai.com/v1/x") is None
     assert env_proxy("https://api.anthropic.com/v1/x") == "http://proxy.example:3128"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_redirect_is_an_error_and_the_key_goes_nowhere_else(
+    kind: str, sim: ProviderSimulator
+) -> None:
+    """A provider address that redirects elsewhere: the other host never sees the request."""
+    import http.server
+    import threading
+
+    seen: list[dict[str, str]] = []
+
+    class Elsewhere(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen.append(dict(self.headers))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    elsewhere = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Elsewhere)
+    threading.Thread(target=elsewhere.serve_forever, daemon=True).start()
+    target = f"http://127.0.0.1:{elsewhere.server_address[1]}/steal"
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.send_response(307)
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    redirect = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=redirect.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{redirect.server_address[1]}"
+    kwargs: dict[str, Any] = {"api_key": KEY, "direct_http": True, "max_retries": 0}
+    if kind == "openai":
+        client: BaseLM = OpenAIClient("m", base_url=base + "/v1", **kwargs)
+    elif kind == "azure":
+        client = AzureOpenAIClient("d", azure_endpoint=base, api_version="2024-10-21", **kwargs)
+    else:
+        client = AnthropicClient("m", base_url=base, **kwargs)
+    try:
+        with pytest.raises(ProviderError, match="redirected") as info:
+            client.completion("hi")
+    finally:
+        client.close()
+        redirect.shutdown()
+        elsewhere.shutdown()
+    assert info.value.status_code == 307 and not info.value.retryable
+    assert target in str(info.value)
+    assert seen == []

@@ -125,13 +125,24 @@ class DirectConnection:
             route = self._routes[key] = await self._record_route(path, body)
         try:
             async with self._session.post(
-                route.url, data=data.encode(), headers=route.headers, proxy=route.proxy
+                route.url,
+                data=data.encode(),
+                headers=route.headers,
+                proxy=route.proxy,
+                allow_redirects=False,  # a redirect would carry the key to wherever it points
             ) as response:
                 raw = await response.read()
                 status = response.status
                 headers = response.headers
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise transport_error(self.provider, exc) from exc
+        if 300 <= status < 400:
+            raise ProviderError(
+                f"{route.url} redirected ({status}) to {headers.get('location')!r}; requests "
+                "carrying the API key do not follow redirects: set base_url to the final address",
+                provider=self.provider,
+                status_code=status,
+            )
         if status >= 400:
             decoded = _decode(raw)
             raise http_status_error(
