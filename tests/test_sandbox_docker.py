@@ -157,6 +157,30 @@ def test_timings_warm_cell_llm_query_and_context_transfer(
     )
 
 
+def test_a_daemon_that_left_the_group_is_killed_when_the_cell_ends(env: DockerREPL) -> None:
+    started = env.execute(
+        "import subprocess, sys\n"
+        "dm_code = ('import os, time\\nos.setsid()\\nif os.fork():\\n    os._exit(0)\\n'\n"
+        "           'print(os.getpid(), flush=True)\\ntime.sleep(300)')\n"
+        "dm_starter = subprocess.Popen([sys.executable, '-c', dm_code], stdout=subprocess.PIPE)\n"
+        "dm_pid = int(dm_starter.stdout.readline())\n"
+        "dm_starter.wait()\n"
+        "import os\n"
+        "print(os.getsid(dm_pid) != os.getsid(0))"
+    )
+    assert started.error is None, started.stderr
+    assert started.stdout.split() == ["True"]  # in a session (and group) of its own
+    assert "process(es) the cell left running were killed]" in started.stderr
+    state = run(
+        env,
+        "import pathlib\n"
+        "dm_status = pathlib.Path(f'/proc/{dm_pid}/status')\n"
+        "print('gone' if not dm_status.exists() or 'State:\\tZ' in dm_status.read_text()"
+        " else 'alive')",
+    )
+    assert state.split() == ["gone"]
+
+
 def test_missing_image_is_a_sandbox_error_with_the_fix() -> None:
     with pytest.raises(SandboxError, match=r"docker_setup\.sh"):
         DockerREPL(image="rlm-no-such-image:none")

@@ -182,6 +182,69 @@ def test_processes_a_cell_leaves_running_are_killed_when_it_ends(env: ProcessREP
     assert env.execute("lo_x = 1").stderr == ""
 
 
+# A daemon: a child that leaves the worker's session and process group (setsid) and forks the
+# process that stays, then exits, so that process is an orphan in another group.
+DAEMON = (
+    "import subprocess, sys\n"
+    "dm_code = ('import os, time\\nos.setsid()\\nif os.fork():\\n    os._exit(0)\\n'\n"
+    "           'print(os.getpid(), flush=True)\\ntime.sleep(300)')\n"
+    "dm_starter = subprocess.Popen([sys.executable, '-c', dm_code], stdout=subprocess.PIPE)\n"
+    "dm_pid = int(dm_starter.stdout.readline())\n"
+    "dm_starter.wait()\n"
+    "print(dm_pid)\n"
+)
+
+
+def stat_field(pid: int, index: int) -> int:
+    """A numeric field of /proc/<pid>/stat after the name (1: ppid, 3: session); -1 if gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[index])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def test_a_daemon_that_left_the_group_is_killed_when_the_cell_ends(env: ProcessREPL) -> None:
+    result = env.execute(DAEMON + "import os\nprint(os.getsid(dm_pid) != os.getsid(0))")
+    assert result.error is None, result.stderr
+    daemon, left = result.stdout.split()
+    assert left == "True"  # it really is in a session (and group) of its own
+    assert wait_for(lambda: not alive(int(daemon)))
+    assert "process(es) the cell left running were killed]" in result.stderr
+
+
+def test_a_daemon_is_killed_with_a_worker_the_host_has_to_kill() -> None:
+    environment = ProcessREPL(timeout=1, kill_grace=1)
+    code = (
+        DAEMON
+        + "while True:\n    try:\n        while True:\n            pass\n"
+        + "    except BaseException:\n        pass"
+    )
+    daemons: list[int] = []
+
+    def daemon_started() -> bool:
+        worker = environment.pgid or 0
+        daemons[:] = [
+            int(name)
+            for name in os.listdir("/proc")
+            if name.isdigit()
+            and int(name) != worker
+            and alive(int(name))
+            and stat_field(int(name), 1) == worker
+            and stat_field(int(name), 3) not in (worker, -1)
+        ]
+        return bool(daemons)
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            running = pool.submit(environment.execute, code)
+            assert wait_for(daemon_started), "the cell started no daemon"
+            with pytest.raises(SandboxError, match="did not stop within its timeout"):
+                running.result(timeout=30)
+        assert wait_for(lambda: not any(alive(pid) for pid in daemons))
+    finally:
+        environment.cleanup()
+
+
 def test_processes_started_between_cells_are_killed_at_cleanup() -> None:
     environment = ProcessREPL(timeout=20)
     try:

@@ -4,16 +4,17 @@ The worker runs in its own session and process group (`start_new_session`), in a
 temp dir, with an environment built from an allowlist (no provider keys), and sets its own
 rlimits before any cell runs: address space (`memory_mb`), CPU time, open files, file size,
 no core dumps, and `max_processes` (RLIMIT_NPROC). Processes a cell leaves running are killed
-by the worker when the cell ends; on timeout and at cleanup the whole process group is killed,
-and so it is when the host dies (the worker notices its stdin closing).
+by the worker when the cell ends; on timeout and at cleanup everything the worker started and
+the whole process group are killed, and so they are when the host dies (the worker notices its
+stdin closing). The worker adopts orphaned descendants (a child subreaper), so a process that
+calls setsid() to leave the group, or whose parent exited, is still found and killed.
 
 When the host runs as root the worker runs as `nobody` (`user="auto"`): RLIMIT_NPROC does not
 bind for root, and an unprivileged worker cannot signal the host or write its files. Contexts
 are staged in a host-owned directory the worker can read but not change.
 
-Not a strong boundary: the worker can read world-readable files and reach the network, and a
-child process that calls setsid() leaves the process group. Use "docker" (or a cloud sandbox)
-for untrusted code.
+Not a strong boundary: the worker can read world-readable files and reach the network. Use
+"docker" (or a cloud sandbox) for untrusted code.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any, ClassVar
 from rlm.environments.isolated import IsolatedEnv, Transport, scrubbed_env
 from rlm.errors import ConfigurationError, SandboxError
 from rlm.runtime.bundle import WORKER_MODULE, bundle_dir
+from rlm.runtime.procgroup import end_tree
 from rlm.runtime.worker import write_all
 
 _TAIL_BYTES = 16_384
@@ -109,8 +111,11 @@ class ProcessTransport(Transport):
             if self._killed:
                 return
             self._killed = True
-        # Signal the group before reaping the leader: until it is reaped its pid (the group
-        # id) cannot be reused, so the signal cannot reach an unrelated process.
+        # First what the worker started, even processes that left its group (it adopts
+        # orphans, so they are still its descendants while it lives), then the group. Signal
+        # the group before reaping the leader: until it is reaped its pid (the group id)
+        # cannot be reused, so the signal cannot reach an unrelated process.
+        end_tree(self.proc.pid, self.pgid)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pgid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):

@@ -1,20 +1,24 @@
-"""The sandbox worker's process group: ending the processes its cells leave behind.
+"""The sandbox worker's processes: ending the ones its cells leave behind.
 
 The worker leads its own process group (the process environment starts it in a new session,
-Docker's init gives it a group, elsewhere `lead_own_group` makes one). Every process a cell
-starts (`subprocess`, `os.fork`, a shell's background job) inherits that group, so the group's
-other members are exactly what cells left running. `GroupReaper.end_leftovers` kills them
-after a cell, and the worker calls it on its way out.
+Docker's init gives it a group, elsewhere `lead_own_group` makes one) and is a child subreaper
+(`become_subreaper`, Linux): an orphaned descendant is re-parented to the worker instead of to
+init. So what a cell starts stays findable two ways: as a member of the worker's group
+(`subprocess`, `os.fork`, a shell's background job inherit it), and as a descendant of the
+worker (which also covers a process that called `setsid()` or `setpgid()` to leave the group,
+even after its parent exited). `leftovers` returns both; `GroupReaper.end_leftovers` kills them
+after a cell, the worker calls it on its way out, and the process environment's host side
+uses `end_tree` before it kills the worker itself.
 
-Finding the members means reading `/proc/<pid>/stat` of every process on the machine (about
-10 µs each), so it is skipped when the worker provably has no descendant: no direct child
+Finding them means reading `/proc/<pid>/stat` of every process on the machine (about 10 µs
+each), so it is skipped when the worker provably has no descendant: no direct child
 (`/proc/self/task/*/children`, zombies included) and no child reaped since the last look
 (`RUSAGE_CHILDREN` unchanged). Any descendant descends from a direct child of the worker, which
-is then alive, a zombie, or reaped, so one of the two signs shows. A process that called
-`setsid()` has left the group and is out of reach (a documented limit).
+is then alive, a zombie, or reaped, so one of the two signs shows.
 
-Signals go through a pidfd where the kernel has them, after re-checking the group, so a pid
-reused between the scan and the signal is never hit.
+Signals go through a pidfd where the kernel has them, after re-checking that the process is
+still in the group or under the tree, so a pid reused between the scan and the signal is never
+hit.
 
 Standard library only: this module is shipped into sandboxes.
 """
@@ -27,6 +31,7 @@ import signal
 import time
 
 _KILL_WAIT = 2.0  # how long to wait for killed members to die (they may be forking)
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 def lead_own_group() -> None:
@@ -46,26 +51,55 @@ def _stat_fields(pid: int) -> list[bytes] | None:
     return data.rsplit(b")", 1)[-1].split()
 
 
-def group_members(pgid: int, exclude: int) -> list[int]:
-    """Live (not zombie) processes in process group `pgid`, other than `exclude`."""
-    members = []
+def become_subreaper() -> bool:
+    """Adopt this process's orphaned descendants (Linux's PR_SET_CHILD_SUBREAPER)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):  # not Linux, or no prctl
+        return False
+
+
+def _scan() -> dict[int, tuple[int, int]]:
+    """(ppid, pgrp) of every live (not zombie) process visible in /proc."""
+    table: dict[int, tuple[int, int]] = {}
     try:
         names = os.listdir("/proc")
     except OSError:
-        return []
+        return table
     for name in names:
-        if not name.isdigit() or int(name) == exclude:
+        if not name.isdigit():
             continue
         fields = _stat_fields(int(name))
-        if fields is None or len(fields) < 3:
+        if fields is None or len(fields) < 3 or fields[0] in (b"Z", b"X"):
             continue
-        if fields[0] not in (b"Z", b"X") and int(fields[2]) == pgid:
-            members.append(int(name))
-    return members
+        table[int(name)] = (int(fields[1]), int(fields[2]))
+    return table
 
 
-def _kill_member(pid: int, pgid: int) -> None:
-    """SIGKILL `pid` if it is still in `pgid` (through a pidfd: no reused pid is ever hit)."""
+def leftovers(root: int, pgid: int) -> tuple[list[int], set[int]]:
+    """Live processes in group `pgid` or descending from `root`, `root` excluded; and the
+    tree's pids (`root` and its live descendants), for `_kill_member`'s re-check."""
+    table = _scan()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    tree = {root}
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            if child not in tree:
+                tree.add(child)
+                stack.append(child)
+    found = (tree | {pid for pid, (_, pgrp) in table.items() if pgrp == pgid}) - {root}
+    return sorted(found), tree
+
+
+def _kill_member(pid: int, pgid: int, tree: set[int]) -> None:
+    """SIGKILL `pid` if it is still in `pgid` or its parent is in `tree` (through a pidfd: no
+    reused pid is ever hit)."""
     try:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
@@ -76,12 +110,38 @@ def _kill_member(pid: int, pgid: int) -> None:
         return
     try:
         fields = _stat_fields(pid)
-        if fields is not None and len(fields) > 2 and int(fields[2]) == pgid:
+        if (
+            fields is not None
+            and len(fields) > 2
+            and (int(fields[2]) == pgid or int(fields[1]) in tree)
+        ):
             signal.pidfd_send_signal(fd, signal.SIGKILL)
     except OSError:
         pass
     finally:
         os.close(fd)
+
+
+def end_tree(root: int, pgid: int, *, wait: float = _KILL_WAIT) -> set[int]:
+    """SIGKILL every process in group `pgid` or under `root` but `root` itself, until none is
+    left (or `wait` seconds pass); returns the pids killed.
+
+    `root` stays alive meanwhile on purpose: while it lives, its descendants (even ones
+    forking right now) stay under it, where the next round finds them.
+    """
+    killed: set[int] = set()
+    deadline = time.monotonic() + wait
+    while True:
+        found, tree = leftovers(root, pgid)
+        if not found:
+            break
+        for pid in found:
+            _kill_member(pid, pgid, tree)
+        killed.update(found)
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.002)  # killed ones need a moment to die; new ones get caught next round
+    return killed
 
 
 def _direct_children() -> list[int] | None:
@@ -112,7 +172,7 @@ def _children_usage() -> tuple[float, ...]:
 
 
 class GroupReaper:
-    """Kills what the worker's cells leave running in its process group (see module doc)."""
+    """Kills what the worker's cells leave running: its group and its tree (see module doc)."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -130,23 +190,12 @@ class GroupReaper:
         return children == [] and _children_usage() == self._usage
 
     def end_leftovers(self, *, reap: bool) -> int:
-        """SIGKILL every other member of the group; returns how many were killed. `reap`
-        also collects the killed direct children, so they hold no process slot
+        """SIGKILL everything the cells left running (see `leftovers`); returns how many were
+        killed. `reap` also collects the killed direct children, so they hold no process slot
         (RLIMIT_NPROC counts zombies); otherwise the cell's code may still wait for them."""
         if not self.applicable or self._quiet():
             return 0
-        killed: set[int] = set()
-        deadline = time.monotonic() + _KILL_WAIT
-        while True:
-            members = group_members(self.pid, exclude=self.pid)
-            if not members:
-                break
-            for pid in members:
-                _kill_member(pid, self.pid)
-            killed.update(members)
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.002)  # killed members need a moment to die; new ones get caught next
+        killed = end_tree(self.pid, self.pid)
         if reap:
             for pid in killed:
                 with contextlib.suppress(ChildProcessError, OSError):

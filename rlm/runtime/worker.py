@@ -60,7 +60,7 @@ from typing import Any, NoReturn
 from rlm.errors import FrameTooLargeError, ProtocolError
 
 from . import capture
-from .procgroup import GroupReaper, lead_own_group
+from .procgroup import GroupReaper, become_subreaper, lead_own_group
 from .protocol import (
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
@@ -1115,6 +1115,7 @@ def main() -> int:
     base64_lines = os.environ.pop(ENCODING_ENV, "") == "base64"
     token = os.environ.pop(TOKEN_ENV, None)
     lead_own_group()  # so what cells start can be found (and ended) as the group's members
+    become_subreaper()  # ... and as descendants, even those that left the group
     chan_in, chan_out, diag = claim_stdio()
     fd_capture = FdCapture(1_000_000)  # from here on fds 1/2 are pipes, not the channel
     uncaptured = _redirect_output()
