@@ -1,4 +1,5 @@
-"""Shared by the environment test files: which kinds run, and what a missing Docker engine means."""
+"""Shared by the environment test files: which kinds run, what a missing Docker engine means,
+and code for cells that several files run."""
 
 from __future__ import annotations
 
@@ -18,3 +19,17 @@ def require_kind(kind: str) -> None:
         if os.environ.get("RLM_REQUIRE_DOCKER") == "1":
             pytest.fail(f"RLM_REQUIRE_DOCKER=1 but docker cannot run: {reason}")
         pytest.skip(f"docker unavailable: {reason}")
+
+
+# Cell code that starts a daemon: a child leaves the worker's session and process group
+# (setsid), forks the process that stays, and exits, so that one is an orphan in another group.
+# Sets dm_pid and prints it.
+DAEMON = (
+    "import subprocess, sys\n"
+    "dm_code = ('import os, time\\nos.setsid()\\nif os.fork():\\n    os._exit(0)\\n'\n"
+    "           'print(os.getpid(), flush=True)\\ntime.sleep(300)')\n"
+    "dm_starter = subprocess.Popen([sys.executable, '-c', dm_code], stdout=subprocess.PIPE)\n"
+    "dm_pid = int(dm_starter.stdout.readline())\n"
+    "dm_starter.wait()\n"
+    "print(dm_pid)\n"
+)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sandbox_kinds import DAEMON
 
 from rlm.environments.process import ProcessREPL
 from rlm.errors import ConfigurationError, SandboxError
@@ -180,19 +181,6 @@ def test_processes_a_cell_leaves_running_are_killed_when_it_ends(env: ProcessREP
     assert run(env, "lo_done.returncode, lo_left.wait(), lo_shell.wait()") == "(0, -9, -9)\n"
     # A cell that starts nothing says nothing.
     assert env.execute("lo_x = 1").stderr == ""
-
-
-# A daemon: a child that leaves the worker's session and process group (setsid) and forks the
-# process that stays, then exits, so that process is an orphan in another group.
-DAEMON = (
-    "import subprocess, sys\n"
-    "dm_code = ('import os, time\\nos.setsid()\\nif os.fork():\\n    os._exit(0)\\n'\n"
-    "           'print(os.getpid(), flush=True)\\ntime.sleep(300)')\n"
-    "dm_starter = subprocess.Popen([sys.executable, '-c', dm_code], stdout=subprocess.PIPE)\n"
-    "dm_pid = int(dm_starter.stdout.readline())\n"
-    "dm_starter.wait()\n"
-    "print(dm_pid)\n"
-)
 
 
 def stat_field(pid: int, index: int) -> int:
