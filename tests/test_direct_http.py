@@ -30,7 +30,7 @@ pytestmark = pytest.mark.timeout(120)
 KEY = "sk-direct-test"
 KINDS = ["openai", "azure", "anthropic"]
 # Headers each HTTP stack sets for itself, per request or per connection.
-TRANSPORT_HEADERS = {"content-length", "accept-encoding", "connection", "host", "user-agent"}
+TRANSPORT_HEADERS = {"content-length", "accept-encoding", "connection", "host"}
 
 
 def make(kind: str, sim: ProviderSimulator, *, direct: bool, **kw: Any) -> BaseLM:
