@@ -198,6 +198,8 @@ def test_a_daemon_that_left_the_group_is_killed_when_the_cell_ends(env: ProcessR
     assert left == "True"  # it really is in a session (and group) of its own
     assert wait_for(lambda: not alive(int(daemon)))
     assert "process(es) the cell left running were killed]" in result.stderr
+    # Adopted by the worker and killed, it is collected too: no zombie holds its process slot.
+    assert not Path(f"/proc/{daemon}").exists()
 
 
 def test_a_daemon_is_killed_with_a_worker_the_host_has_to_kill() -> None:

@@ -192,13 +192,20 @@ class GroupReaper:
     def end_leftovers(self, *, reap: bool) -> int:
         """SIGKILL everything the cells left running (see `leftovers`); returns how many were
         killed. `reap` also collects the killed direct children, so they hold no process slot
-        (RLIMIT_NPROC counts zombies); otherwise the cell's code may still wait for them."""
+        (RLIMIT_NPROC counts zombies); otherwise the cell's code may still wait for them.
+        Exited children outside the group are always collected: they are daemons the worker
+        adopted, or children the code moved to a group of their own, and left unreaped they
+        would hold their slots for the worker's whole life."""
         if not self.applicable or self._quiet():
             return 0
         killed = end_tree(self.pid, self.pid)
-        if reap:
-            for pid in killed:
-                with contextlib.suppress(ChildProcessError, OSError):
-                    os.waitpid(pid, os.WNOHANG)
+        collect = set(killed) if reap else set()
+        for pid in _direct_children() or ():
+            fields = _stat_fields(pid)
+            if fields is not None and len(fields) > 2 and int(fields[2]) != self.pid:
+                collect.add(pid)
+        for pid in collect:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)
         self._usage = _children_usage()
         return len(killed)
