@@ -185,7 +185,7 @@ class GroupReaper:
         return os.getpid() == self.pid and os.getpgrp() == self.pid
 
     def _quiet(self) -> bool:
-        """True when no process other than the worker can be in the group."""
+        """True when the worker provably has no descendant (see the module doc)."""
         children = _direct_children()
         return children == [] and _children_usage() == self._usage
 
