@@ -622,3 +622,15 @@ def test_closing_stdout_does_not_break_the_channel(isolated: BaseEnv) -> None:
     assert ok(isolated, "print('still here')\n21 * 2").stdout == "still here\n42\n"
     ok(isolated, "import sys\nsys.__stdout__.close()")
     assert ok(isolated, "'alive'").stdout == "'alive'\n"
+
+
+def test_output_tail_keeps_the_end_and_whole_characters() -> None:
+    from rlm.environments.isolated import OutputTail
+
+    tail = OutputTail(limit=16)
+    tail.add("é".encode()[:1])  # a character split across two chunks
+    tail.add("é".encode()[1:] + b"!")
+    assert tail.text() == "é!"
+    for i in range(20):
+        tail.add(f"line{i}\n")
+    assert tail.text() == "line18\nline19\n"  # the oldest chunks went, the newest stayed

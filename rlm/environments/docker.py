@@ -17,7 +17,6 @@ with python3); any image with python3 >= 3.11 works: `environment_kwargs={"image
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
 import secrets
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from rlm._optional import require
-from rlm.environments.isolated import IsolatedEnv, Transport
+from rlm.environments.isolated import IsolatedEnv, OutputTail, Transport
 from rlm.errors import ConfigurationError, SandboxError
 from rlm.runtime.bundle import WORKER_MODULE, bundle_dir
 from rlm.runtime.worker import write_all
@@ -39,7 +38,6 @@ LABEL = "org.rlm.sandbox"
 _BUNDLE_MOUNT = "/opt/rlm"
 _STAGE_MOUNT = "/rlm/stage"
 _STREAM_HEADER = struct.Struct(">BxxxL")  # docker's multiplexing: stream id, 3 pad, length
-_TAIL_BYTES = 16_384
 
 
 def default_image() -> str:
@@ -70,8 +68,7 @@ class DockerTransport(Transport):
         self._lock = threading.Lock()
         self._killed = False
         self._state: dict[str, Any] | None = None
-        self._tail: collections.deque[bytes] = collections.deque()
-        self._tail_size = 0
+        self._tail = OutputTail()
         self.container_id: str = container.id
 
     def write(self, data: bytes) -> None:
@@ -104,14 +101,7 @@ class DockerTransport(Transport):
                 if payload:
                     return payload
             elif stream == 2:
-                self._add_tail(payload)
-
-    def _add_tail(self, chunk: bytes) -> None:
-        with self._lock:
-            self._tail.append(chunk)
-            self._tail_size += len(chunk)
-            while self._tail_size > _TAIL_BYTES and len(self._tail) > 1:
-                self._tail_size -= len(self._tail.popleft())
+                self._tail.add(payload)
 
     def _inspect(self) -> dict[str, Any] | None:
         if self._state is None:
@@ -147,8 +137,7 @@ class DockerTransport(Transport):
         return f"the container exited with status {state.get('ExitCode')}"
 
     def diagnostics(self) -> str:
-        with self._lock:
-            return b"".join(self._tail).decode("utf-8", "replace")
+        return self._tail.text()
 
 
 def _parse_user(user: str) -> tuple[int, int] | None:

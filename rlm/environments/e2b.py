@@ -21,8 +21,7 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from rlm._optional import require
-from rlm.environments.isolated import IsolatedEnv, Transport
-from rlm.environments.modal import TextTail
+from rlm.environments.isolated import IsolatedEnv, OutputTail, Transport
 from rlm.errors import ConfigurationError, SandboxError
 from rlm.runtime.bundle import WORKER_MODULE, bundle_files
 
@@ -38,7 +37,7 @@ class E2BTransport(Transport):
         self._events: Iterator[Any] = iter(handle)
         self._lock = threading.Lock()
         self._killed = False
-        self._tail = TextTail()
+        self._tail = OutputTail()
 
     def write(self, data: bytes) -> None:
         if self._killed:

@@ -19,6 +19,7 @@ thread waiting on a cell would otherwise hold the exit until the cell's timeout)
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures.thread  # noqa: F401 - its exit hook must be registered before ours
 import contextlib
 import itertools
@@ -103,6 +104,29 @@ class Transport(ABC):
     def diagnostics(self) -> str:
         """The end of what the worker wrote to its own stderr (startup errors, crashes)."""
         return ""
+
+
+class OutputTail:
+    """The last `limit` bytes (about) a sandbox wrote to its own stderr, for the error message
+    when it dies. Thread-safe: a transport's drain thread adds while another thread reads."""
+
+    def __init__(self, limit: int = 16_384) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._size = 0
+
+    def add(self, chunk: bytes | str) -> None:
+        data = chunk.encode("utf-8", "replace") if isinstance(chunk, str) else bytes(chunk)
+        with self._lock:
+            self._chunks.append(data)
+            self._size += len(data)
+            while self._size > self._limit and len(self._chunks) > 1:
+                self._size -= len(self._chunks.popleft())
+
+    def text(self) -> str:
+        with self._lock:
+            return b"".join(self._chunks).decode("utf-8", "replace")
 
 
 def _release(transport: Transport, paths: list[Path]) -> None:

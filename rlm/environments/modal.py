@@ -13,7 +13,6 @@ token and Python settings in its environment.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import secrets
 import threading
@@ -21,33 +20,12 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from rlm._optional import require
-from rlm.environments.isolated import IsolatedEnv, Transport
+from rlm.environments.isolated import IsolatedEnv, OutputTail, Transport
 from rlm.errors import ConfigurationError, SandboxError
 from rlm.runtime.bundle import WORKER_MODULE, bundle_dir
 
 _BUNDLE_PATH = "/opt/rlm"
 _WRITE_CHUNK = 1 << 20  # the SDK buffers at most 2 MiB of stdin between drains
-_TAIL_CHARS = 16_384
-
-
-class TextTail:
-    """The last few KB of a text stream (a sandbox's stderr), for error messages."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._parts: collections.deque[str] = collections.deque()
-        self._size = 0
-
-    def add(self, text: str) -> None:
-        with self._lock:
-            self._parts.append(text)
-            self._size += len(text)
-            while self._size > _TAIL_CHARS and len(self._parts) > 1:
-                self._size -= len(self._parts.popleft())
-
-    def text(self) -> str:
-        with self._lock:
-            return "".join(self._parts)
 
 
 def _as_bytes(chunk: Any) -> bytes:
@@ -64,15 +42,13 @@ class ModalTransport(Transport):
         self._stdout: Iterator[Any] = iter(sandbox.stdout)
         self._lock = threading.Lock()
         self._killed = False
-        self._tail = TextTail()
+        self._tail = OutputTail()
         threading.Thread(target=self._drain_stderr, name="rlm-modal-stderr", daemon=True).start()
 
     def _drain_stderr(self) -> None:
         with contextlib.suppress(Exception):
             for chunk in self.sandbox.stderr:
-                self._tail.add(
-                    chunk if isinstance(chunk, str) else bytes(chunk).decode("utf-8", "replace")
-                )
+                self._tail.add(chunk)
 
     def write(self, data: bytes) -> None:
         if self._killed:

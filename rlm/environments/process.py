@@ -19,7 +19,6 @@ Not a strong boundary: the worker can read world-readable files and reach the ne
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
 import pwd
@@ -32,13 +31,11 @@ import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
-from rlm.environments.isolated import IsolatedEnv, Transport, scrubbed_env
+from rlm.environments.isolated import IsolatedEnv, OutputTail, Transport, scrubbed_env
 from rlm.errors import ConfigurationError, SandboxError
 from rlm.runtime.bundle import WORKER_MODULE, bundle_dir
 from rlm.runtime.procgroup import end_tree
 from rlm.runtime.worker import write_all
-
-_TAIL_BYTES = 16_384
 
 
 class ProcessTransport(Transport):
@@ -55,8 +52,7 @@ class ProcessTransport(Transport):
     ) -> None:
         self._lock = threading.Lock()
         self._killed = False
-        self._tail: collections.deque[bytes] = collections.deque()
-        self._tail_size = 0
+        self._tail = OutputTail()
         self.proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
@@ -85,11 +81,7 @@ class ProcessTransport(Transport):
                 return
             if not chunk:
                 return
-            with self._lock:
-                self._tail.append(chunk)
-                self._tail_size += len(chunk)
-                while self._tail_size > _TAIL_BYTES and len(self._tail) > 1:
-                    self._tail_size -= len(self._tail.popleft())
+            self._tail.add(chunk)
 
     def write(self, data: bytes) -> None:
         stdin = self.proc.stdin
@@ -137,8 +129,7 @@ class ProcessTransport(Transport):
         return f"the worker exited with status {code}"
 
     def diagnostics(self) -> str:
-        with self._lock:
-            return b"".join(self._tail).decode("utf-8", "replace")
+        return self._tail.text()
 
 
 def _runnable_by_others(path: str) -> bool:
