@@ -19,11 +19,12 @@ import time
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from rlm.clients.pricing import price_usage
 from rlm.core.aio import on_loop, run_sync
-from rlm.core.types import LMResponse, Message, Prompt, Usage, to_messages
+from rlm.core.types import LMResponse, Message, Prompt, to_messages
 from rlm.errors import ConfigurationError, ProviderError
 
 DEFAULT_TIMEOUT = 300.0
@@ -170,13 +171,7 @@ class BaseLM(ABC):
                 delay = self._backoff(attempt, exc.retry_after)
             else:
                 if response.latency == 0.0:
-                    response = LMResponse(
-                        response.text,
-                        response.model,
-                        response.usage,
-                        time.monotonic() - started,
-                        response.cached,
-                    )
+                    response = replace(response, latency=time.monotonic() - started)
                 return self._priced(response)
             finally:
                 await self.limiter.release(rate_limited=rate_limited)
@@ -202,17 +197,7 @@ class BaseLM(ABC):
         if response.usage.cost is not None:
             return response
         cost = price_usage(response.model or self.model_name, response.usage, self.prices)
-        if cost is None:
-            return response
-        usage = response.usage
-        priced = Usage(
-            usage.input_tokens,
-            usage.output_tokens,
-            usage.cached_tokens,
-            usage.cache_write_tokens,
-            cost,
-        )
-        return LMResponse(response.text, response.model, priced, response.latency, response.cached)
+        return response if cost is None else response.with_cost(cost)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model_name={self.model_name!r})"

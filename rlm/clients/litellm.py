@@ -14,7 +14,7 @@ from rlm._optional import require
 from rlm.clients._http_errors import check_options, openai_style_error, parse_retry_after
 from rlm.clients.base import BaseLM
 from rlm.clients.openai import chat_completion_response
-from rlm.core.types import LMResponse, Message, Usage
+from rlm.core.types import LMResponse, Message
 from rlm.errors import ContextWindowExceededError
 
 
@@ -83,17 +83,7 @@ class LiteLLMClient(BaseLM):
             raise error from exc
         result = chat_completion_response(response, self.model_name, provider=self.provider)
         cost = self._cost(response)
-        if cost is None:
-            return result
-        usage = result.usage
-        priced = Usage(
-            usage.input_tokens,
-            usage.output_tokens,
-            usage.cached_tokens,
-            usage.cache_write_tokens,
-            cost,
-        )
-        return LMResponse(result.text, result.model, priced, result.latency, result.cached)
+        return result if cost is None else result.with_cost(cost)
 
     def _cost(self, response: Any) -> float | None:
         """LiteLLM's price of this response, or None when it does not know the model."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, TypeAlias
 
 Message: TypeAlias = dict[str, Any]
@@ -82,6 +82,10 @@ class LMResponse:
     usage: Usage = field(default_factory=Usage)
     latency: float = 0.0
     cached: bool = False  # served from the sub-call cache, no provider call made
+
+    def with_cost(self, cost: float) -> LMResponse:
+        """This response with its usage priced at `cost`."""
+        return replace(self, usage=replace(self.usage, cost=cost))
 
     def to_dict(self) -> dict[str, Any]:
         return {
