@@ -16,15 +16,9 @@ import inspect
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from rlm._optional import require
 from rlm.clients._fields import count, field
-from rlm.clients._http_errors import (
-    check_options,
-    resolve_api_key,
-    sdk_error,
-    wants_direct_http,
-)
-from rlm.clients.base import BaseLM
+from rlm.clients._http_errors import sdk_error
+from rlm.clients._stainless import StainlessLM
 from rlm.core.types import LMResponse, Message, Usage
 from rlm.errors import ProviderError
 
@@ -40,66 +34,32 @@ _UNSUPPORTED = frozenset(
 _UNCACHEABLE_BLOCKS = frozenset({"thinking", "redacted_thinking"})
 
 
-class AnthropicClient(BaseLM):
+class AnthropicClient(StainlessLM):
     """Claude over the Messages API.
 
     `sampling_args`: `max_tokens` (default 4096; the API requires it), `stop` (sent as
     `stop_sequences`), `temperature`, `top_p`, `top_k`, `thinking`, ...; names this SDK version
-    does not know are sent in `extra_body`.
+    does not know are sent in `extra_body`. `prompt_caching` (default on) adds the cache
+    breakpoints; `api_key`, `base_url`, `default_headers`, `client_kwargs` and `direct_http` are
+    `StainlessLM`'s.
     """
 
     provider: ClassVar[str] = "anthropic"
+    sdk_module: ClassVar[str] = "anthropic"
+    sdk_client_class: ClassVar[str] = "AsyncAnthropic"
+    extra: ClassVar[str] = "anthropic"
+    env_key: ClassVar[str | None] = "ANTHROPIC_API_KEY"
 
-    def __init__(
-        self,
-        model_name: str,
-        *,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        default_headers: Mapping[str, str] | None = None,
-        prompt_caching: bool = True,
-        client_kwargs: Mapping[str, Any] | None = None,
-        direct_http: bool | None = None,
-        **options: Any,
-    ) -> None:
-        check_options(self.provider, options)
-        super().__init__(model_name, **options)
-        self._sdk = require("anthropic", extra="anthropic")
-        self._api_key = resolve_api_key(self.provider, api_key, "ANTHROPIC_API_KEY")
-        self.base_url = base_url
-        self.default_headers = dict(default_headers or {})
+    def __init__(self, model_name: str, *, prompt_caching: bool = True, **kwargs: Any) -> None:
+        super().__init__(model_name, **kwargs)
         self.prompt_caching = prompt_caching
-        self.client_kwargs = dict(client_kwargs or {})
-        self.direct_http = wants_direct_http(
-            self.provider, direct_http, self.client_kwargs, extra="anthropic"
-        )
         self._create_params: frozenset[str] = frozenset()
 
     def _make_client(self) -> Any:
-        """The connection for this loop: a `DirectConnection`, or the SDK client itself."""
-        if self.direct_http:
-            from rlm.clients._direct_http import DirectConnection
-
-            return DirectConnection(self._build_sdk_client, self._sdk, self.provider, self.timeout)
-        from rlm.clients._http_pool import fast_http_client
-
-        client = self._build_sdk_client(fast_http_client(self._sdk))
-        self._create_params = frozenset(inspect.signature(client.messages.create).parameters)
+        client = super()._make_client()
+        if not self.direct_http:  # which names `messages.create` takes, the rest: extra_body
+            self._create_params = frozenset(inspect.signature(client.messages.create).parameters)
         return client
-
-    def _build_sdk_client(self, http_client: Any) -> Any:
-        kwargs: dict[str, Any] = {
-            "api_key": self._api_key,
-            "timeout": self.timeout,
-            "max_retries": 0,
-            "http_client": http_client,
-            **self.client_kwargs,
-        }
-        if self.base_url:
-            kwargs["base_url"] = self.base_url
-        if self.default_headers:
-            kwargs["default_headers"] = self.default_headers
-        return self._sdk.AsyncAnthropic(**kwargs)
 
     def _request(self, messages: list[Message], sampling: Mapping[str, Any]) -> dict[str, Any]:
         system, turns = to_anthropic(messages, caching=self.prompt_caching)

@@ -7,7 +7,6 @@ Same request and response shapes as OpenAI; the URL names a deployment and carri
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from rlm.clients.openai import OpenAIClient
@@ -22,31 +21,21 @@ class AzureOpenAIClient(OpenAIClient):
 
     provider: ClassVar[str] = "azure_openai"
     env_key: ClassVar[str | None] = "AZURE_OPENAI_API_KEY"
+    sdk_client_class: ClassVar[str] = "AsyncAzureOpenAI"
     extra: ClassVar[str] = "azure"
 
     def __init__(
         self,
         model_name: str,
         *,
-        api_key: str | None = None,
         azure_endpoint: str | None = None,
         api_version: str | None = None,
         azure_deployment: str | None = None,
-        base_url: str | None = None,
-        default_headers: Mapping[str, str] | None = None,
-        client_kwargs: Mapping[str, Any] | None = None,
-        **options: Any,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            model_name,
-            api_key=api_key,
-            base_url=base_url,
-            default_headers=default_headers,
-            client_kwargs=client_kwargs,
-            **options,
-        )
+        super().__init__(model_name, **kwargs)
         self.azure_endpoint = azure_endpoint or os.environ.get("AZURE_OPENAI_ENDPOINT")
-        if not self.azure_endpoint and not base_url:
+        if not self.azure_endpoint and not self.base_url:
             raise ConfigurationError(
                 "azure_openai: no endpoint. Pass azure_endpoint=... or set the "
                 "AZURE_OPENAI_ENDPOINT environment variable."
@@ -56,23 +45,15 @@ class AzureOpenAIClient(OpenAIClient):
         )
         self.azure_deployment = azure_deployment or model_name
 
-    def _build_sdk_client(self, http_client: Any) -> Any:
-        kwargs: dict[str, Any] = {
-            "api_key": self._api_key,
-            "api_version": self.api_version,
-            "timeout": self.timeout,
-            "max_retries": 0,
-            "http_client": http_client,
-            **self.client_kwargs,
-        }
+    def _endpoint(self) -> dict[str, Any]:
+        """The API version, and `base_url` or the endpoint and deployment."""
         if self.base_url:
-            kwargs["base_url"] = self.base_url
-        else:
-            kwargs["azure_endpoint"] = self.azure_endpoint
-            kwargs["azure_deployment"] = self.azure_deployment
-        if self.default_headers:
-            kwargs["default_headers"] = self.default_headers
-        return self._sdk.AsyncAzureOpenAI(**kwargs)
+            return {"api_version": self.api_version, "base_url": self.base_url}
+        return {
+            "api_version": self.api_version,
+            "azure_endpoint": self.azure_endpoint,
+            "azure_deployment": self.azure_deployment,
+        }
 
     def _model_param(self) -> str:
         return self.azure_deployment

@@ -24,22 +24,16 @@ import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from rlm._optional import require
 from rlm.clients._fields import count, field
-from rlm.clients._http_errors import (
-    check_options,
-    openai_style_error,
-    resolve_api_key,
-    wants_direct_http,
-)
-from rlm.clients.base import BaseLM
+from rlm.clients._http_errors import openai_style_error
+from rlm.clients._stainless import StainlessLM
 from rlm.core.types import LMResponse, Message, Usage
 from rlm.errors import ProviderError
 
 CHAT_PATH = "/chat/completions"
 
 
-class OpenAIClient(BaseLM):
+class OpenAIClient(StainlessLM):
     """OpenAI (or any OpenAI-compatible server given `base_url`).
 
     `sampling_args` use the chat-completions names (`temperature`, `top_p`, `seed`, `stop`,
@@ -52,62 +46,17 @@ class OpenAIClient(BaseLM):
     """
 
     provider: ClassVar[str] = "openai"
+    sdk_module: ClassVar[str] = "openai"
+    sdk_client_class: ClassVar[str] = "AsyncOpenAI"
+    extra: ClassVar[str] = "openai"
     env_key: ClassVar[str | None] = "OPENAI_API_KEY"
-    default_api_key: ClassVar[str | None] = None
-    default_base_url: ClassVar[str | None] = None
     max_tokens_field: ClassVar[str] = "max_completion_tokens"
     reports_cost: ClassVar[bool] = False
-    extra: ClassVar[str] = "openai"
 
-    def __init__(
-        self,
-        model_name: str,
-        *,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        default_headers: Mapping[str, str] | None = None,
-        client_kwargs: Mapping[str, Any] | None = None,
-        direct_http: bool | None = None,
-        **options: Any,
-    ) -> None:
-        check_options(self.provider, options)
-        super().__init__(model_name, **options)
-        self._sdk = require("openai", extra=self.extra)
-        self._api_key = resolve_api_key(
-            self.provider, api_key, self.env_key, default=self.default_api_key
-        )
-        self.base_url = base_url or self.default_base_url
-        self.default_headers = dict(default_headers or {})
-        self.client_kwargs = dict(client_kwargs or {})
-        self.direct_http = wants_direct_http(
-            self.provider, direct_http, self.client_kwargs, extra=self.extra
-        )
-
-    def _make_client(self) -> Any:
-        """The connection for this loop: a `DirectConnection`, or the SDK client itself."""
-        if self.direct_http:
-            from rlm.clients._direct_http import DirectConnection
-
-            return DirectConnection(
-                self._build_sdk_client, self._sdk, self.provider, self.timeout, openai_error_body
-            )
-        from rlm.clients._http_pool import fast_http_client  # httpx: only once an SDK is in use
-
-        return self._build_sdk_client(fast_http_client(self._sdk))
-
-    def _build_sdk_client(self, http_client: Any) -> Any:
-        kwargs: dict[str, Any] = {
-            "api_key": self._api_key,
-            "timeout": self.timeout,
-            "max_retries": 0,
-            "http_client": http_client,
-            **self.client_kwargs,
-        }
-        if self.base_url:
-            kwargs["base_url"] = self.base_url
-        if self.default_headers:
-            kwargs["default_headers"] = self.default_headers
-        return self._sdk.AsyncOpenAI(**kwargs)
+    @staticmethod
+    def _error_body(body: Any) -> Any:
+        """openai's status errors carry the inner `error` object when there is one."""
+        return body.get("error", body) if isinstance(body, Mapping) else body
 
     def _model_param(self) -> str:
         return self.model_name
@@ -170,11 +119,6 @@ class VLLMClient(OpenAIClient):
 
     def __init__(self, model_name: str, *, base_url: str | None = None, **kwargs: Any) -> None:
         super().__init__(model_name, base_url=base_url or os.environ.get("VLLM_BASE_URL"), **kwargs)
-
-
-def openai_error_body(body: Any) -> Any:
-    """The `body` of the openai SDK's status errors: the inner `error` object if there is one."""
-    return body.get("error", body) if isinstance(body, Mapping) else body
 
 
 def chat_completion_response(
