@@ -61,6 +61,10 @@ class AnthropicClient(StainlessLM):
             self._create_params = frozenset(inspect.signature(client.messages.create).parameters)
         return client
 
+    def max_output_tokens(self, sampling: Mapping[str, Any]) -> int | None:
+        """The API requires a cap, so a call always has one: this client's default when unset."""
+        return super().max_output_tokens(sampling) or DEFAULT_MAX_TOKENS
+
     def _request(self, messages: list[Message], sampling: Mapping[str, Any]) -> dict[str, Any]:
         system, turns = to_anthropic(messages, caching=self.prompt_caching)
         args = {k: v for k, v in sampling.items() if k not in _UNSUPPORTED}

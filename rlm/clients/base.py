@@ -178,6 +178,17 @@ class BaseLM(ABC):
             attempt += 1
             await asyncio.sleep(delay)
 
+    def max_output_tokens(self, sampling: Mapping[str, Any]) -> int | None:
+        """The most output tokens a call with these sampling arguments may produce, when the
+        request caps it (None: uncapped). Budgets reserve this much output before a call."""
+        args = {**self.sampling_args, **sampling}
+        caps = [
+            args[key]
+            for key in ("max_tokens", "max_completion_tokens", "max_output_tokens")
+            if isinstance(args.get(key), int) and not isinstance(args.get(key), bool)
+        ]
+        return max(caps) if caps else None
+
     def completion(self, prompt: Prompt, **sampling: Any) -> LMResponse:
         """Synchronous `acompletion` (runs on the shared rlm event loop)."""
         return run_sync(on_loop(self.acompletion(prompt, **sampling)))

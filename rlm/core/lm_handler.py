@@ -464,7 +464,12 @@ class LMHandler:
         record = None
         if session is not None and kind != "root":
             record = self._begin(session, kind, depth, client.model_name, _prompt_text(prompt))
+        reservation = None  # set once the budget holds this call's worst case
         try:
+            if budget is not None:  # reserve first, so concurrent calls cannot overrun a limit
+                worst = budget.estimate(client, prompt, sampling or {})
+                await budget.reserve(worst)
+                reservation = worst
             try:
                 response = await self._call_client(client, prompt, sampling or {})
             except (RLMError, asyncio.CancelledError):
@@ -474,12 +479,14 @@ class LMHandler:
                     f"{type(exc).__name__}: {exc}", provider=client.provider
                 ) from exc
         except BaseException as exc:
+            if budget is not None and reservation is not None:
+                budget.release(reservation)
             if session is not None and record is not None:
                 self._finish(session, record, error=exc)
             raise
         served_by = response.model or client.model_name
         if budget is not None:
-            budget.record(response.usage)
+            budget.settle(reservation, response.usage)
         if session is not None and session.ledger is not None:
             session.ledger.record(served_by, response.usage, cached=response.cached)
         if session is not None and record is not None:

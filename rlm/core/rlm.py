@@ -21,7 +21,7 @@ from typing import Any
 from rlm.clients import get_client
 from rlm.clients.base import BaseLM
 from rlm.core.aio import on_loop, run_sync, spawn, to_thread
-from rlm.core.budget import Budget, Limits
+from rlm.core.budget import Budget, Limits, check_priced
 from rlm.core.cache import SubcallCache
 from rlm.core.events import CallbackObserver, Events, EventStream, Observer, RunEvent, RunInfo
 from rlm.core.lm_handler import LMHandler, Session
@@ -73,7 +73,9 @@ class RLM:
             down to depth n - 1.
         max_iterations: root turns per run before one last "answer now" call.
         max_budget (USD), max_timeout (s), max_tokens, max_subcalls: limits over the whole
-            recursion tree, checked host-side.
+            recursion tree, checked host-side, concurrent calls included.
+        allow_unpriced_models: with max_budget, a model rlm has no price for is refused before
+            the first call (`ConfigurationError`) unless this is True; its calls then count $0.
         max_errors: stop after this many consecutive turns whose code raised.
         other_backends / other_backend_kwargs: more clients; the first serves depth >= 1.
         depth_backends: {depth: {"backend": name, "backend_kwargs": {...}}} for finer routing.
@@ -126,6 +128,7 @@ class RLM:
         on_iteration_complete: Callable[..., Any] | None = None,
         observers: Sequence[Observer] = (),
         cache: SubcallCache | str | os.PathLike[str] | bool | None = None,
+        allow_unpriced_models: bool = False,
     ) -> None:
         _check_int("depth", depth, minimum=0)
         _check_int("max_depth", max_depth, minimum=1)
@@ -145,6 +148,7 @@ class RLM:
             max_budget=max_budget,
             max_timeout=max_timeout,
             max_subcalls=max_subcalls,
+            allow_unpriced_models=allow_unpriced_models,
         )
         self.backend = backend
         self.environment = environment
@@ -271,6 +275,7 @@ class RLM:
         validate_context(prompt)
         if root_prompt is not None and not isinstance(root_prompt, str):
             raise ConfigurationError("root_prompt must be a str or None")
+        check_priced(self.handler.router.clients(), self.limits)
         if self.handler.address is None:
             await self.handler.astart()
         tree = Tree(Budget(self.limits), Events([*self.observers, *extra_observers]))

@@ -169,6 +169,16 @@ class UsageSummary:
         ]
         return sum(costs) if costs else None
 
+    @property
+    def unpriced_calls(self) -> int:
+        """Calls whose cost is unknown (no price for their model): `total_cost` omits them."""
+        return sum(m.unpriced_calls for m in self.model_usage_summaries.values())
+
+    @property
+    def cost_is_partial(self) -> bool:
+        """True when `total_cost` is a sum over some calls only: show it as a lower bound."""
+        return self.total_cost is not None and self.unpriced_calls > 0
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "model_usage_summaries": {
@@ -177,6 +187,7 @@ class UsageSummary:
             "total_cost": self.total_cost,
             "total_input_tokens": self.total_input_tokens,
             "total_output_tokens": self.total_output_tokens,
+            "cost_is_partial": self.cost_is_partial,
         }
 
     @classmethod
