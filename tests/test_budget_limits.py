@@ -304,3 +304,24 @@ def test_budget_error_is_raised_for_new_calls_after_the_budget_is_spent() -> Non
             await budget.reserve(Reservation("m", 10, 0.001))
 
     run(scenario())
+
+
+# -- the price table -----------------------------------------------------------------------------
+
+
+def test_current_models_are_priced_and_variants_are_not_guessed() -> None:
+    from rlm.clients.pricing import lookup_price, price_usage
+
+    for model in ("o3", "o4-mini", "gpt-5.1", "claude-opus-4-5", "gemini-3-pro-preview"):
+        assert lookup_price(model) is not None, model
+    # Dated snapshots and provider prefixes resolve to the listed model...
+    assert lookup_price("claude-opus-4-5-20251101") == lookup_price("claude-opus-4-5")
+    assert lookup_price("openai/gpt-5.1-2025-11-13") == lookup_price("gpt-5.1")
+    # ...a different model that merely shares a prefix does not: it would be under-counted.
+    assert lookup_price("o3-pro") is None
+    assert lookup_price("gpt-4o-audio-preview") is None
+    # Gemini Pro charges more for prompts over 200K tokens.
+    short = price_usage("gemini-3-pro-preview", Usage(input_tokens=200_000, output_tokens=1000))
+    long = price_usage("gemini-3-pro-preview", Usage(input_tokens=200_001, output_tokens=1000))
+    assert short == pytest.approx((200_000 * 2.0 + 1000 * 12.0) / 1e6)
+    assert long == pytest.approx((200_001 * 4.0 + 1000 * 18.0) / 1e6)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import replace
 from typing import Any, ClassVar
 
-from rlm.clients.pricing import price_usage
+from rlm.clients.pricing import lookup_price, price_usage
 from rlm.core.aio import on_loop, run_sync
 from rlm.core.types import LMResponse, Message, Prompt, to_messages
 from rlm.errors import ConfigurationError, ProviderError
@@ -203,6 +203,11 @@ class BaseLM(ABC):
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.retry_max_delay))
         return delay
+
+    def price_table(self) -> Mapping[str, float] | None:
+        """This client's price per 1M tokens (its own `prices`, else the table's), None when
+        unknown. A budget reserves by it and refuses a `max_budget` it cannot price."""
+        return self.prices if self.prices else lookup_price(self.model_name)
 
     def _priced(self, response: LMResponse) -> LMResponse:
         if response.usage.cost is not None:

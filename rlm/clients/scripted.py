@@ -140,6 +140,9 @@ class ScriptedLM(BaseLM):
             )
         return value
 
+    def price_table(self) -> Mapping[str, float] | None:
+        return self.prices  # only explicit prices, as `_priced`
+
     def _priced(self, response: LMResponse) -> LMResponse:
         # Only explicit prices: a scripted model named like a real one must not look billed.
         return super()._priced(response) if self.prices is not None else response

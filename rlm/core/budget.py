@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from rlm.clients.pricing import lookup_price
+from rlm.clients.pricing import rates
 from rlm.core.types import Prompt, Usage, to_messages
 from rlm.errors import (
     BudgetExceededError,
@@ -54,8 +54,8 @@ class PricedClient(Protocol):
     """What the budget reads from a client (`rlm.clients.base.BaseLM` has all of it)."""
 
     model_name: str
-    prices: dict[str, float] | None
-    sampling_args: dict[str, Any]
+
+    def price_table(self) -> Mapping[str, float] | None: ...
 
     def max_output_tokens(self, sampling: Mapping[str, Any]) -> int | None: ...
 
@@ -77,11 +77,6 @@ class Limits:
                 raise ConfigurationError(f"{name} must be a positive number or None, got {value!r}")
 
 
-def price_of(client: PricedClient) -> Mapping[str, float] | None:
-    """The client's price per 1M tokens: its own `prices`, else the table's entry."""
-    return client.prices if client.prices else lookup_price(client.model_name)
-
-
 def reports_cost(client: object) -> bool:
     """True for clients whose provider prices each call itself (OpenRouter's `usage.cost`)."""
     return bool(getattr(client, "reports_cost", False))
@@ -92,7 +87,7 @@ def check_priced(clients: Sequence[PricedClient], limits: Limits) -> None:
     if limits.max_budget is None or limits.allow_unpriced_models:
         return
     unpriced = sorted(
-        {c.model_name for c in clients if price_of(c) is None and not reports_cost(c)}
+        {c.model_name for c in clients if c.price_table() is None and not reports_cost(c)}
     )
     if unpriced:
         names = ", ".join(repr(name) for name in unpriced)
@@ -230,9 +225,10 @@ class Budget:
         if output_tokens is None:
             output_tokens = max(DEFAULT_OUTPUT_ESTIMATE, seen.max_output)
         tokens = input_tokens + output_tokens
-        prices = price_of(client)
+        prices = client.price_table()
         cost: float | None
         if prices is not None:
+            prices = rates(prices, input_tokens)  # the long-context band, when it applies
             # The dearest input rate: cache writes cost more than fresh input on some providers.
             input_rate = max(
                 prices["input"], prices.get("cache_write", 0.0), prices.get("cached_input", 0.0)
