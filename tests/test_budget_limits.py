@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -233,6 +234,59 @@ def test_opting_in_runs_the_unpriced_model_and_marks_the_total_partial() -> None
     assert summary.unpriced_calls == 1 and summary.cost_is_partial
     assert summary.to_dict()["cost_is_partial"] is True
     assert summary.model_usage_summaries["unlisted-sub"].unpriced_calls == 1
+
+
+def test_partial_totals_are_marked_in_the_log_console_viewer_and_bench(tmp_path: Any) -> None:
+    import io
+    import json
+
+    from rich.console import Console
+
+    from rlm.bench.runner import BenchConfig, BenchResults, format_table
+    from rlm.logger import RLMLogger
+    from rlm.logger.verbose import VerbosePrinter
+    from rlm.viewer.logs import summarize
+
+    out_text = io.StringIO()
+    logger = RLMLogger(log_dir=str(tmp_path))
+    printer = VerbosePrinter(Console(file=out_text, width=200, force_terminal=False))
+    with ProviderSimulator(reply=make_reply("r = llm_query('q')\nprint('errors')")) as sim:
+        base = {"base_url": sim.openai_base_url, "api_key": "sk-test"}
+        register_price("root-model", input=1.0, output=1.0)  # priced root, unpriced sub
+        with RLM(
+            backend="openai",
+            backend_kwargs={"model_name": "root-model", **base},
+            other_backends=["openai"],
+            other_backend_kwargs=[{"model_name": "unlisted-sub", **base}],
+            logger=logger,
+            observers=[printer],
+        ) as rlm:
+            out = rlm.completion("ctx")
+    assert out.usage_summary.cost_is_partial and out.usage_summary.unpriced_calls == 1
+    # The trajectory log's totals say how many calls the cost leaves out...
+    assert logger.log_file_path is not None
+    lines = Path(logger.log_file_path).read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines]
+    run_end = next(r for r in records if r["type"] == "run_end")
+    assert run_end["totals"]["unpriced_calls"] == 1 and run_end["usage"]["cost_is_partial"]
+    # ...and so does the viewer's run list, which the web app shows as "≥ $x".
+    with open(logger.log_file_path, "rb") as handle:
+        assert summarize(handle)["unpriced_calls"] == 1
+    # The console marks the total as a lower bound.
+    console = out_text.getvalue()
+    assert "≥ $" in console and "no price" in console and "lower bound" in console
+    # The bench report stars a partial cost and says why.
+    results = BenchResults(BenchConfig(benchmarks=["sniah"]))
+    task = {"score": 1.0, "exact": True, "latency": 1.0, "subcalls": 1}
+    results.tasks = [
+        {
+            "benchmark": "sniah",
+            "length": 1000,
+            "rlm": {**task, "cost": 0.01, "cost_is_partial": True},
+        }
+    ]
+    table = format_table(results)
+    assert "$0.0100*" in table and "* partial cost" in table
 
 
 # -- the Budget itself ---------------------------------------------------------------------------

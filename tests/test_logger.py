@@ -186,7 +186,13 @@ def test_schema_round_trip(tmp_path: Path) -> None:
     assert log.subcalls("child1")[0]["depth"] == 2
     end = log.run_end("root1")
     assert end is not None and end["answer"] == "42" and end["stop_reason"] == "final_answer"
-    assert end["totals"] == {"calls": 3, "input_tokens": 310, "output_tokens": 17, "cost": 0.01}
+    assert end["totals"] == {
+        "calls": 3,
+        "input_tokens": 310,
+        "output_tokens": 17,
+        "cost": 0.01,
+        "unpriced_calls": 0,
+    }
     assert UsageSummary.from_dict(end["usage"]).to_dict() == out.usage_summary.to_dict()
 
 

@@ -191,6 +191,7 @@ def _run_rlm(config: BenchConfig, backends: Backends, task: Task) -> dict[str, A
         "score": score,
         "exact": score == 1.0,
         "cost": summary.total_cost,
+        "cost_is_partial": summary.cost_is_partial,  # some calls had no price: a lower bound
         "latency": completion.execution_time,
         "subcalls": count_subcalls(completion),
         "root_turns": completion.iterations,
@@ -284,6 +285,9 @@ def _row(benchmark: str, length: int, method: str, results: list[dict[str, Any]]
         "mean_cost": statistics.fmean(costs) if costs else None,
         "median_cost": statistics.median(costs) if costs else None,
         "priced": len(costs),
+        # a task without a cost, or whose cost omits unpriced calls: the costs are not whole
+        "cost_is_partial": len(costs) < len(results)
+        or any(r.get("cost_is_partial") for r in results),
         "mean_latency": statistics.fmean(latencies),
         "median_latency": statistics.median(latencies),
         "subcalls_per_task": statistics.fmean(subcalls) if subcalls else None,
@@ -347,8 +351,9 @@ COLUMNS = (
 )
 
 
-def _money(value: float | None) -> str:
-    return "n/a" if value is None else f"${value:.4f}"
+def _money(value: float | None, partial: bool = False) -> str:
+    """A cost; "*" marks one that leaves out calls or tasks without a price."""
+    return "n/a" if value is None else f"${value:.4f}{'*' if partial else ''}"
 
 
 def format_table(results: BenchResults) -> str:
@@ -361,8 +366,8 @@ def format_table(results: BenchResults) -> str:
             str(row["n"]),
             f"{100 * row['score']:.1f}",
             f"{100 * row['exact']:.1f}",
-            _money(row["mean_cost"]),
-            _money(row["median_cost"]),
+            _money(row["mean_cost"], row["cost_is_partial"]),
+            _money(row["median_cost"], row["cost_is_partial"]),
             f"{row['mean_latency']:.2f}s",
             "-" if row["subcalls_per_task"] is None else f"{row['subcalls_per_task']:.1f}",
         )
@@ -379,6 +384,8 @@ def format_table(results: BenchResults) -> str:
     out = [line(COLUMNS), line(["-" * w for w in widths])]
     out.extend(line(r) for r in rows)
     out.append(f"length = nominal tokens; {TOKEN_APPROXIMATION}")
+    if any(row["cost_is_partial"] for row in results.summary()):
+        out.append("* partial cost: some calls had no price and are not counted (register_price)")
     return "\n".join(out)
 
 

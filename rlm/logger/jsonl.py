@@ -141,6 +141,8 @@ def run_end_record(run: RunInfo, completion: RLMChatCompletion) -> Record:
             "input_tokens": usage.total_input_tokens,
             "output_tokens": usage.total_output_tokens,
             "cost": usage.total_cost,
+            # calls whose model has no price: `cost` leaves them out and is then a lower bound
+            "unpriced_calls": usage.unpriced_calls,
         },
         "t": time.time(),
     }

@@ -68,8 +68,11 @@ def _tokens(usage: Mapping[str, Any] | None) -> str:
     return f"{usage.get('input_tokens', 0)}→{usage.get('output_tokens', 0)} tok"
 
 
-def _cost(value: Any) -> str:
-    return "—" if value is None else f"${float(value):.4f}"
+def _cost(value: Any, unpriced: Any = 0) -> str:
+    """A cost; "≥" when some calls had no price, so the sum is only a lower bound."""
+    if value is None:
+        return "no price" if unpriced else "—"
+    return f"{'≥ ' if unpriced else ''}${float(value):.4f}"
 
 
 @dataclass
@@ -428,7 +431,8 @@ class ConsoleView:
             "output tokens", justify="right", footer=f"{totals.get('output_tokens', 0):,}"
         )
         table.add_column("cached", justify="right")
-        table.add_column("cost", justify="right", footer=_cost(totals.get("cost")))
+        unpriced = totals.get("unpriced_calls") or 0
+        table.add_column("cost", justify="right", footer=_cost(totals.get("cost"), unpriced))
         for model, summary in models.items():
             table.add_row(
                 model,
@@ -436,9 +440,17 @@ class ConsoleView:
                 f"{summary.get('total_input_tokens', 0):,}",
                 f"{summary.get('total_output_tokens', 0):,}",
                 f"{summary.get('total_cached_tokens', 0):,}",
-                _cost(summary.get("total_cost")),
+                _cost(summary.get("total_cost"), summary.get("unpriced_calls")),
             )
         parts.append(table)
+        if unpriced and totals.get("cost") is not None:
+            parts.append(
+                Text(
+                    f"cost is a lower bound: {unpriced} call(s) to models without a price are "
+                    "not counted (rlm.clients.pricing.register_price)",
+                    style="yellow",
+                )
+            )
         seconds = float(record.get("execution_time") or 0.0)
         parts.append(
             Text(

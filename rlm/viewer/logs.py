@@ -197,6 +197,7 @@ def summarize(handle: BinaryIO) -> dict[str, Any]:
         "output_tokens": _num(totals.get("output_tokens")),
         "calls": _num(totals.get("calls")),
         "cost": _num(totals.get("cost")),
+        "unpriced_calls": _num(totals.get("unpriced_calls")),
         "stop_reason": root_end.get("stop_reason") if root_end else None,
         "complete": root_end is not None,
         "runs": len(starts),

@@ -102,7 +102,7 @@ function RunDetail({ run, traj, query, onSelect }: { run: RunNode; traj: Traject
             [
               "usage (subtree)",
               run.totals
-                ? `${run.totals.calls ?? "?"} calls · ${tokens(run.totals.input)} in · ${tokens(run.totals.output)} out · ${cost(run.totals.cost)}`
+                ? `${run.totals.calls ?? "?"} calls · ${tokens(run.totals.input)} in · ${tokens(run.totals.output)} out · ${cost(run.totals.cost, run.totals.unpriced ?? 0)}`
                 : "—",
             ],
             ["context", `${run.contextType || "?"}, ${run.contextLength?.toLocaleString("en-US") ?? "?"} chars`],

@@ -120,7 +120,7 @@ export function RunList({ logDir, entries, message, onOpen }: Props) {
                   <span className="r num">
                     {tokens(s.input_tokens)} / {tokens(s.output_tokens)}
                   </span>
-                  <span className="r num">{cost(s.cost)}</span>
+                  <span className="r num">{cost(s.cost, s.unpriced_calls ?? 0)}</span>
                   <span>{stopChip(e)}</span>
                 </div>
               );

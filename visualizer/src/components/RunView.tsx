@@ -156,7 +156,7 @@ export function RunView({ name, parsed, traj }: Props) {
           <span title="tokens in / out">
             {tokens(totals?.input ?? usage.total.input)} in · {tokens(totals?.output ?? usage.total.output)} out
           </span>
-          <span title="cost">{cost(totals ? totals.cost : usage.total.cost, totals ? 0 : usage.total.unpriced)}</span>
+          <span title="cost">{cost(totals ? totals.cost : usage.total.cost, totals ? (totals.unpriced ?? 0) : usage.total.unpriced)}</span>
           <span className="muted" title="models">
             {(models.length ? models : usage.byModel.map((r) => r.key)).join(", ")}
           </span>

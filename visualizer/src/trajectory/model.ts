@@ -97,7 +97,14 @@ export interface RunNode {
   error: string | null;
   iterationCount: number | null;
   executionTime: number | null;
-  totals: { calls: number | null; input: number | null; output: number | null; cost: number | null } | null;
+  totals: {
+    calls: number | null;
+    input: number | null;
+    output: number | null;
+    cost: number | null;
+    /** Calls to models without a price: `cost` leaves them out and is a lower bound. */
+    unpriced: number | null;
+  } | null;
   modelSummaries: Record<string, JsonObject>;
   iterations: IterationNode[];
   /** Sub-calls of this run that no code block lists (e.g. the run was cut off mid-turn). */
@@ -394,6 +401,7 @@ export function buildTrajectory(parsed: ParsedLog): Trajectory {
           input: num(totals.input_tokens),
           output: num(totals.output_tokens),
           cost: num(totals.cost),
+          unpriced: num(totals.unpriced_calls),
         };
         const summaries = obj(obj(d.usage).model_usage_summaries);
         run.modelSummaries = Object.fromEntries(

@@ -15,6 +15,8 @@ export interface LogSummary {
   output_tokens: number | null;
   calls: number | null;
   cost: number | null;
+  /** Calls without a price: `cost` omits them (a lower bound). */
+  unpriced_calls: number | null;
   stop_reason: string | null;
   complete: boolean;
   runs: number;
@@ -55,6 +57,7 @@ export function summarize(parsed: ParsedLog, traj: Trajectory | null): LogSummar
     output_tokens: root?.totals?.output ?? null,
     calls: root?.totals?.calls ?? null,
     cost: root?.totals?.cost ?? null,
+    unpriced_calls: root?.totals?.unpriced ?? null,
     stop_reason: root?.stopReason ?? null,
     complete: traj?.complete ?? false,
     runs: traj?.runs.size ?? 0,
