@@ -86,6 +86,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-iterations", type=int, default=30)
     parser.add_argument("--max-depth", type=int, default=1, help="2+ lets rlm_query recurse")
     parser.add_argument("--max-budget", type=float, help="USD limit per task")
+    parser.add_argument(
+        "--allow-unpriced-models",
+        action="store_true",
+        help="with --max-budget, count calls to models without a price as $0 instead of refusing",
+    )
     parser.add_argument("--max-timeout", type=float, help="seconds limit per task")
     parser.add_argument("--seed", type=int, default=0, help="task set seed")
     parser.add_argument("--start", type=int, default=0, help="first task index")
@@ -117,6 +122,7 @@ def main(args: argparse.Namespace) -> int:
             max_iterations=args.max_iterations,
             max_depth=args.max_depth,
             max_budget=args.max_budget,
+            allow_unpriced_models=args.allow_unpriced_models,
             max_timeout=args.max_timeout,
             seed=args.seed,
             start=args.start,

@@ -52,6 +52,7 @@ class BenchConfig:
     max_iterations: int = 30
     max_depth: int = 1
     max_budget: float | None = None  # per task, USD
+    allow_unpriced_models: bool = False  # with max_budget: unpriced calls count $0
     max_timeout: float | None = None  # per task, seconds
     seed: int = 0
     start: int = 0
@@ -173,6 +174,7 @@ def _run_rlm(config: BenchConfig, backends: Backends, task: Task) -> dict[str, A
             max_depth=config.max_depth,
             max_iterations=config.max_iterations,
             max_budget=config.max_budget,
+            allow_unpriced_models=config.allow_unpriced_models,
             max_timeout=config.max_timeout,
             logger=logger,
         )

@@ -92,6 +92,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     env.add_argument("--max-depth", type=int, default=1)
     env.add_argument("--max-iterations", type=int, default=30)
     env.add_argument("--max-budget", type=float, help="USD over the whole recursion tree")
+    env.add_argument(
+        "--allow-unpriced-models",
+        action="store_true",
+        help="with --max-budget, count calls to models without a price as $0 instead of "
+        'refusing (or price it: --backend-arg prices=\'{"input": 1.25, "output": 10}\')',
+    )
     env.add_argument("--max-timeout", type=float, help="seconds of wall time")
     env.add_argument("--max-tokens", type=int)
     env.add_argument("--max-subcalls", type=int)
@@ -205,6 +211,7 @@ def _build(args: argparse.Namespace) -> Any:
         max_depth=args.max_depth,
         max_iterations=args.max_iterations,
         max_budget=args.max_budget,
+        allow_unpriced_models=args.allow_unpriced_models,
         max_timeout=args.max_timeout,
         max_tokens=args.max_tokens,
         max_errors=args.max_errors,
