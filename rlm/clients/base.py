@@ -212,7 +212,13 @@ class BaseLM(ABC):
     def _priced(self, response: LMResponse) -> LMResponse:
         if response.usage.cost is not None:
             return response
-        cost = price_usage(response.model or self.model_name, response.usage, self.prices)
+        # The model that answered first (a dated snapshot may have its own price), else the
+        # price this client was configured with, so a renamed reply is still counted.
+        table: Mapping[str, float] | None = self.prices or (
+            lookup_price(response.model) if response.model else None
+        )
+        table = table or self.price_table()
+        cost = None if table is None else price_usage(response.model, response.usage, table)
         return response if cost is None else response.with_cost(cost)
 
     def __repr__(self) -> str:

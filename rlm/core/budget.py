@@ -198,7 +198,9 @@ class Budget:
                     f"max_timeout of {self.limits.max_timeout}s exceeded"
                 )
         if self._tripped is not None:
-            raise self._tripped
+            # One error object is raised by every refused call: drop the previous traceback so
+            # it does not grow with each raise.
+            raise self._tripped.with_traceback(None)
 
     def start_subcall(self, n: int = 1) -> None:
         """Count n sub-calls before they are made; refuse them if over `max_subcalls`."""
