@@ -444,6 +444,92 @@ def b8() -> list[Figure]:
     ]
 
 
+B9_TASKS = 40
+B10_BURN = "n = 0\nfor i in range(6_000_000):\n    n += i * i\nanswer['content'] = str(n % 97)\nanswer['ready'] = True"
+
+
+def _batch_spec(sim: ProviderSimulator) -> dict[str, Any]:
+    return {
+        "backend": "openai",
+        "backend_kwargs": {"model_name": "gpt-4o-mini", "base_url": sim.openai_base_url,
+                           "api_key": "sk-bench"},
+    }
+
+
+def _batch_time(tasks: list[dict[str, Any]], spec: dict[str, Any], **kwargs: Any) -> float:
+    from rlm.batch import run_batch
+
+    started = time.perf_counter()
+    results = list(run_batch(tasks, spec, **kwargs))
+    elapsed = time.perf_counter() - started
+    if len(results) != len(tasks) or not all(r.ok for r in results):
+        raise RuntimeError(f"batch benchmark: not every task answered: {results[:2]}")
+    return elapsed
+
+
+def b9() -> list[Figure]:
+    """Ray's cost per task against the in-process executor: 40 one-turn tasks at 0 ms model
+    latency, 4 at a time, on a Ray instance already running (its start-up shown apart)."""
+    import ray
+
+    tasks = [{"id": i, "context": f"doc {i}"} for i in range(B9_TASKS)]
+    code = repl("answer['content'] = context.upper()\nanswer['ready'] = True")
+    with ProviderSimulator(lambda r: code) as sim:
+        spec = _batch_spec(sim)
+        _batch_time(tasks[:4], spec, concurrency=4)  # warm: imports, first client
+        local = _batch_time(tasks, spec, concurrency=4)
+        started = time.perf_counter()
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        startup = time.perf_counter() - started
+        try:
+            _batch_time(tasks[:4], spec, executor="ray", concurrency=4)  # actors' first run
+            on_ray = _batch_time(tasks, spec, executor="ray", concurrency=4)
+        finally:
+            ray.shutdown()
+    per_task = (on_ray - local) / B9_TASKS * 1000
+    return [
+        Figure(
+            "B9",
+            f"rlm batch of {B9_TASKS} one-turn tasks, 4 at a time: in process vs Ray "
+            "(Ray's start-up apart)",
+            "none",
+            f"in process {local:.2f} s, Ray {on_ray:.2f} s (+{per_task:.0f} ms per task); "
+            f"Ray start-up {startup:.1f} s",
+            "0 ms per task",
+            None,
+        )
+    ]
+
+
+def b10() -> list[Figure]:
+    """A batch whose cells burn CPU: 6 tasks in process (one interpreter, one GIL) against
+    Ray with two workers (two processes, two cores)."""
+    import ray
+
+    tasks = [{"id": i, "context": "x"} for i in range(6)]
+    code = repl(B10_BURN)
+    with ProviderSimulator(lambda r: code) as sim:
+        spec = _batch_spec(sim)
+        local = _batch_time(tasks, spec, concurrency=2)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            _batch_time(tasks[:2], spec, executor="ray", concurrency=2)
+            on_ray = _batch_time(tasks, spec, executor="ray", concurrency=2)
+        finally:
+            ray.shutdown()
+    return [
+        Figure(
+            "B10",
+            "rlm batch of 6 CPU-bound tasks (a 6M-step loop in the cell), 2 at a time: in "
+            "process vs Ray with 2 workers",
+            "Ray faster",
+            f"in process {local:.2f} s, Ray {on_ray:.2f} s ({local / on_ray:.2f}x)",
+            "2x on 2 cores",
+            on_ray < local,
+        )
+    ]
+
+
 BENCHES: dict[str, Callable[[], list[Figure]]] = {
     "B1": b1,
     "B2": b2,
@@ -452,6 +538,8 @@ BENCHES: dict[str, Callable[[], list[Figure]]] = {
     "B5": b5,
     "B7": b7,
     "B8": b8,
+    "B9": b9,
+    "B10": b10,
 }
 
 

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "view": ("rlm.commands.view", "serve the trajectory visualizer for a log directory"),
     "bench": ("rlm.bench.cli", "long-context benchmarks (S-NIAH, OOLONG, OOLONG-Pairs)"),
     "demo": ("rlm.commands.demo", "a complete RLM run over a generated long document"),
+    "batch": ("rlm.commands.batch", "run a file of tasks, in process or on a Ray cluster"),
 }
 
 
