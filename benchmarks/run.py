@@ -445,14 +445,20 @@ def b8() -> list[Figure]:
 
 
 B9_TASKS = 40
-B10_BURN = "n = 0\nfor i in range(6_000_000):\n    n += i * i\nanswer['content'] = str(n % 97)\nanswer['ready'] = True"
+B10_BURN = (
+    "n = 0\nfor i in range(6_000_000):\n    n += i * i\n"
+    "answer['content'] = str(n % 97)\nanswer['ready'] = True"
+)
 
 
 def _batch_spec(sim: ProviderSimulator) -> dict[str, Any]:
     return {
         "backend": "openai",
-        "backend_kwargs": {"model_name": "gpt-4o-mini", "base_url": sim.openai_base_url,
-                           "api_key": "sk-bench"},
+        "backend_kwargs": {
+            "model_name": "gpt-4o-mini",
+            "base_url": sim.openai_base_url,
+            "api_key": "sk-bench",
+        },
     }
 
 

@@ -26,7 +26,9 @@ from rlm.testing import ProviderSimulator
 
 pytestmark = pytest.mark.timeout(180)
 
-ROOT_CODE = "```repl\nanswer['content'] = llm_query('Upper: ' + context)\nanswer['ready'] = True\n```"
+ROOT_CODE = (
+    "```repl\nanswer['content'] = llm_query('Upper: ' + context)\nanswer['ready'] = True\n```"
+)
 
 
 def reply(request: Any) -> str:
@@ -97,7 +99,7 @@ def test_bad_lines_are_reported_with_their_number(tmp_path: Path) -> None:
 def test_a_missing_context_file_is_a_bad_line(tmp_path: Path) -> None:
     path = tmp_path / "tasks.jsonl"
     path.write_text(json.dumps({"id": "a", "context_file": "nope.txt"}) + "\n")
-    with pytest.raises(BadTaskLine, match="line 1: context_file .*nope.txt.* does not exist"):
+    with pytest.raises(BadTaskLine, match=r"line 1: context_file .*nope\.txt.* does not exist"):
         read_tasks(path)
 
 
@@ -173,7 +175,7 @@ def test_the_batch_budget_is_one_ledger_over_every_task(
 ) -> None:
     from rlm.clients.pricing import register_price
 
-    register_price("batch-priced-model", input=1000.0, output=1000.0)  # $0.001 per token
+    register_price("batch-priced-model", input=100.0, output=100.0)  # $0.0001 per token
     spec = spec_of(sim)
     spec["backend_kwargs"]["model_name"] = "batch-priced-model"
     out = tmp_path / "r.jsonl"
@@ -181,8 +183,8 @@ def test_the_batch_budget_is_one_ledger_over_every_task(
     spent = sum(r.cost for r in results)
     stopped = [r for r in results if r.error and "max_budget" in r.error]
     assert stopped, "the batch went on after its budget ran out"
-    # One call's worth of overshoot at most: the dearest single call of this batch.
-    assert spent <= 0.5 + 0.2, spent
+    # One call's worth of overshoot at most: a root turn here is about 700 tokens, $0.07.
+    assert 0.3 < spent <= 0.5 + 0.08, spent
     assert len(lines_of(out)) == 30  # stopped tasks are written too, with the limit's error
 
 
@@ -230,7 +232,10 @@ def test_cli_runs_a_batch_and_reports(sim: ProviderSimulator, tmp_path: Path) ->
     out = tmp_path / "out.jsonl"
     done = subprocess.run(
         _cli(sim, str(tasks), "--out", str(out), "--log-dir", str(tmp_path / "logs")),
-        env=_cli_env(sim), capture_output=True, text=True, timeout=120,
+        env=_cli_env(sim),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert "5/5 done" in done.stderr and "0 failed" in done.stderr
@@ -245,12 +250,18 @@ def test_cli_bad_line_stops_or_is_skipped(sim: ProviderSimulator, tmp_path: Path
     out = tmp_path / "out.jsonl"
     stop = subprocess.run(
         _cli(sim, str(tasks), "--out", str(out)),
-        env=_cli_env(sim), capture_output=True, text=True, timeout=120,
+        env=_cli_env(sim),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert stop.returncode == 2 and "line 3" in stop.stderr and not out.exists()
     skip = subprocess.run(
         _cli(sim, str(tasks), "--out", str(out), "--on-bad-line", "skip"),
-        env=_cli_env(sim), capture_output=True, text=True, timeout=120,
+        env=_cli_env(sim),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert skip.returncode == 1  # a skipped line is a failure to report, not a success
     assert "skipped" in skip.stderr and "line 3" in skip.stderr
@@ -263,7 +274,9 @@ def test_cli_ctrl_c_keeps_finished_results_and_resume_finishes(tmp_path: Path) -
         out = tmp_path / "out.jsonl"
         proc = subprocess.Popen(
             _cli(sim, str(tasks), "--out", str(out), "-j", "2"),
-            env=_cli_env(sim), stderr=subprocess.PIPE, text=True,
+            env=_cli_env(sim),
+            stderr=subprocess.PIPE,
+            text=True,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and (not out.exists() or len(lines_of(out)) < 3):
@@ -277,7 +290,10 @@ def test_cli_ctrl_c_keeps_finished_results_and_resume_finishes(tmp_path: Path) -
         before = len(sim.requests)
         resumed = subprocess.run(
             _cli(sim, str(tasks), "--out", str(out), "--resume", "-j", "8"),
-            env=_cli_env(sim), capture_output=True, text=True, timeout=120,
+            env=_cli_env(sim),
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert resumed.returncode == 0, resumed.stderr
         rows = lines_of(out)

@@ -67,8 +67,9 @@ def test_forty_tasks_on_ray_are_each_answered_once(cluster: str, tmp_path: Path)
             assert row["response"] == "DOC " + row["id"].removeprefix("t")
         assert len(sim.requests) == 80
         # Resume on the finished batch: no provider request at all.
-        assert list(run_batch(tasks_of(40), spec_of(sim), executor="ray", out=out,
-                              resume=True)) == []
+        assert (
+            list(run_batch(tasks_of(40), spec_of(sim), executor="ray", out=out, resume=True)) == []
+        )
         assert len(sim.requests) == 80
 
 
@@ -105,10 +106,29 @@ def test_cli_joins_a_cluster_by_address(cluster: str, tmp_path: Path) -> None:
         out = tmp_path / "out.jsonl"
         env = {**os.environ, "OPENAI_API_KEY": "sk-test"}
         done = subprocess.run(
-            [sys.executable, "-m", "rlm.cli", "batch", str(tasks), "--out", str(out),
-             "--ray-address", cluster, "--ray-env", "OPENAI_API_KEY", "--backend", "openai", "--model", "gpt-4o-mini",
-             "--backend-arg", f"base_url={sim.openai_base_url}"],
-            env=env, capture_output=True, text=True, timeout=240,
+            [
+                sys.executable,
+                "-m",
+                "rlm.cli",
+                "batch",
+                str(tasks),
+                "--out",
+                str(out),
+                "--ray-address",
+                cluster,
+                "--ray-env",
+                "OPENAI_API_KEY",
+                "--backend",
+                "openai",
+                "--model",
+                "gpt-4o-mini",
+                "--backend-arg",
+                f"base_url={sim.openai_base_url}",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
         )
         assert done.returncode == 0, done.stderr
         assert sorted(r["response"] for r in lines_of(out)) == [f"DOC {i}" for i in range(6)]
@@ -133,15 +153,21 @@ def test_ray_data_map_batches(cluster: str) -> None:
 def test_the_batch_budget_holds_across_ray_workers(cluster: str, tmp_path: Path) -> None:
     from rlm.clients.pricing import register_price
 
-    register_price("batch-priced-model", input=1000.0, output=1000.0)
+    register_price("batch-priced-model", input=100.0, output=100.0)
     with ProviderSimulator(reply=reply) as sim:
         spec = spec_of(sim)
         spec["backend_kwargs"]["model_name"] = "batch-priced-model"
-        spec["backend_kwargs"]["prices"] = {"input": 1000.0, "output": 1000.0}
+        spec["backend_kwargs"]["prices"] = {"input": 100.0, "output": 100.0}
         results = list(
-            run_batch(tasks_of(20), spec, executor="ray", concurrency=4,
-                      out=tmp_path / "r.jsonl", max_budget=0.5)
+            run_batch(
+                tasks_of(20),
+                spec,
+                executor="ray",
+                concurrency=4,
+                out=tmp_path / "r.jsonl",
+                max_budget=0.5,
+            )
         )
     spent = sum(r.cost for r in results)
     assert any(r.error and "max_budget" in r.error for r in results)
-    assert spent <= 0.5 + 0.2, spent
+    assert 0.3 < spent <= 0.5 + 0.08, spent

@@ -73,8 +73,9 @@ def run_batch(
 
     `out` appends each result to a JSON-lines file as it finishes; with `resume=True` the ids
     already there are skipped (and not yielded). `ray_env` names environment variables of this
-    process (API keys, say) to set in every Ray worker of the batch. The batch stops starting tasks once its
-    ledger has reached `max_budget` / `max_tokens`; the tasks left are written with that error.
+    process (API keys, say) to set in every Ray worker of the batch. Once the batch's ledger
+    has reached `max_budget` / `max_tokens`, every task's next call fails with that limit's
+    error, so the tasks left end at once and are written with it.
     """
     if executor not in ("local", "ray"):
         raise ConfigurationError(f"executor must be 'local' or 'ray', got {executor!r}")
@@ -89,8 +90,19 @@ def run_batch(
         if name not in os.environ:
             raise ConfigurationError(f"ray_env: {name} is not set in this environment")
         env[name] = os.environ[name]
-    return _drive(todo, dict(spec), results, executor, concurrency, log, max_budget, max_tokens,
-                  ray_address, env, max_attempts)
+    return _drive(
+        todo,
+        dict(spec),
+        results,
+        executor,
+        concurrency,
+        log,
+        max_budget,
+        max_tokens,
+        ray_address,
+        env,
+        max_attempts,
+    )
 
 
 def _drive(
@@ -129,8 +141,13 @@ def _drive(
         try:
             ledger = LedgerClient(ray_ledger(max_budget, max_tokens)) if limited else None
             stream = run_ray(
-                todo, spec, concurrency=concurrency, log_dir=log_dir,
-                max_attempts=max_attempts, ledger=ledger, env=env,
+                todo,
+                spec,
+                concurrency=concurrency,
+                log_dir=log_dir,
+                max_attempts=max_attempts,
+                ledger=ledger,
+                env=env,
             )
             for result in stream:
                 if results.write(result):

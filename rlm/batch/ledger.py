@@ -58,8 +58,7 @@ class BatchLedger:
             )
             if self.max_budget is not None:
                 fits = fits and (
-                    cost is not None
-                    and self.cost + self.reserved_cost + cost <= self.max_budget
+                    cost is not None and self.cost + self.reserved_cost + cost <= self.max_budget
                 )
             if not fits and self.in_flight:
                 return WAIT
@@ -78,10 +77,19 @@ class BatchLedger:
         except LimitExceededError as exc:
             return ("budget", str(exc))
 
-    def settle(self, tokens: int, cost: float | None, used_tokens: int, used_cost: float) -> None:
-        """A call that held (`tokens`, `cost`) finished having used (`used_*`)."""
+    def settle(
+        self,
+        tokens: int,
+        cost: float | None,
+        used_tokens: int,
+        used_cost: float,
+        held: bool = True,
+    ) -> None:
+        """A call that held (`tokens`, `cost`) finished having used (`used_*`); `held` False
+        records usage that was never reserved (a cache hit, say)."""
         with self._lock:
-            self._release(tokens, cost)
+            if held:
+                self._release(tokens, cost)
             self.tokens += used_tokens
             self.cost += used_cost
             if self._tripped is not None:
@@ -92,8 +100,7 @@ class BatchLedger:
                 )
             elif self.max_budget is not None and self.cost >= self.max_budget:
                 self._tripped = BudgetExceededError(
-                    f"the batch's max_budget of ${self.max_budget} reached "
-                    f"(${self.cost:.6f} spent)"
+                    f"the batch's max_budget of ${self.max_budget} reached (${self.cost:.6f} spent)"
                 )
 
     def release(self, tokens: int, cost: float | None) -> None:
@@ -145,8 +152,15 @@ class LedgerClient:
                 )
             await asyncio.sleep(POLL_SECONDS)
 
-    def settle(self, tokens: int, cost: float | None, used_tokens: int, used_cost: float) -> None:
-        self._call("settle", tokens, cost, used_tokens, used_cost, wait=False)
+    def settle(
+        self,
+        tokens: int,
+        cost: float | None,
+        used_tokens: int,
+        used_cost: float,
+        held: bool = True,
+    ) -> None:
+        self._call("settle", tokens, cost, used_tokens, used_cost, held, wait=False)
 
     def release(self, tokens: int, cost: float | None) -> None:
         self._call("release", tokens, cost, wait=False)

@@ -14,6 +14,7 @@ that fails inside the run (a provider error, a limit) is not retried: its error 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
@@ -148,8 +149,6 @@ def run_ray(
         aborted = bool(in_flight)
         for actor in pool:
             if not aborted:
-                try:
+                with contextlib.suppress(Exception):  # a dead actor has nothing left to close
                     ray.get(actor.close.remote(), timeout=60)
-                except Exception:  # noqa: S110 - a dead actor has nothing left to close
-                    pass
             ray.kill(actor, no_restart=True)

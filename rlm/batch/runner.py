@@ -39,6 +39,7 @@ SPEC_KEYS = frozenset(
         "other_backend_kwargs",
         "cache",
         "custom_system_prompt",
+        "allow_unpriced_models",
     }
 )
 
@@ -134,7 +135,7 @@ class TaskRunner:
             rlm = self._rlms.get(key)
             if rlm is None:
                 logger = None if self.log_dir is None else RLMLogger(self.log_dir, "task")
-                rlm = RLM(**spec, logger=logger)
+                rlm = RLM(**spec, logger=logger, ledger=self.ledger)
                 self._rlms[key] = rlm
             return rlm
 

@@ -89,9 +89,7 @@ def parse_task(data: Any, line: int = 0, base: Path | None = None) -> BatchTask:
         raise BadTaskLine(line, f"a task is a JSON object, got {type(data).__name__}")
     unknown = sorted(set(data) - _KNOWN)
     if unknown:
-        raise BadTaskLine(
-            line, f"unknown keys {unknown}; a task may hold {sorted(_KNOWN)}"
-        )
+        raise BadTaskLine(line, f"unknown keys {unknown}; a task may hold {sorted(_KNOWN)}")
     task_id = data.get("id")
     if isinstance(task_id, bool) or not isinstance(task_id, str | int) or task_id == "":
         raise BadTaskLine(line, "'id' must be a non-empty string or an integer")
@@ -128,7 +126,9 @@ def parse_task(data: Any, line: int = 0, base: Path | None = None) -> BatchTask:
     )
 
 
-def parse_lines(lines: Iterable[str], base: Path | None = None) -> Iterator[BatchTask | BadTaskLine]:
+def parse_lines(
+    lines: Iterable[str], base: Path | None = None
+) -> Iterator[BatchTask | BadTaskLine]:
     """Each non-blank line as a task, or as the `BadTaskLine` saying why it is not one.
     A repeated id is a bad line: results are keyed by id, so two tasks with one id could
     never be told apart."""

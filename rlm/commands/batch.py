@@ -20,8 +20,9 @@ Exit status:
 from __future__ import annotations
 
 import argparse
+import io
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 from rlm.commands.run import _pairs
 from rlm.errors import ConfigurationError
@@ -84,8 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME",
-        help="set this environment variable of yours (an API key) in every Ray worker; "
-        "repeatable",
+        help="set this environment variable of yours (an API key) in every Ray worker; repeatable",
     )
     ray.add_argument(
         "--max-attempts", type=int, default=3, help="tries per task when its worker dies"
@@ -154,7 +154,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"rlm batch: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     already = sum(task.id in done for task in tasks)
-    progress = Progress(len(tasks) - already, _Null() if args.quiet else None, skipped=already)
+    stream_to: TextIO | None = io.StringIO() if args.quiet else None
+    progress = Progress(len(tasks) - already, stream_to, skipped=already)
     failed = bool(bad)
     try:
         for result in stream:
@@ -162,8 +163,10 @@ def main(args: argparse.Namespace) -> int:
             progress.update(result)
     except KeyboardInterrupt:
         progress.show(final=True)
-        print(f"rlm batch: interrupted; finished results are in {args.out} (--resume continues)",
-              file=sys.stderr)
+        print(
+            f"rlm batch: interrupted; finished results are in {args.out} (--resume continues)",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     except ConfigurationError as exc:
         print(f"rlm batch: error: {exc}", file=sys.stderr)
@@ -171,14 +174,3 @@ def main(args: argparse.Namespace) -> int:
     progress.show(final=True)
     print(f"rlm batch: results in {args.out}", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
-
-
-class _Null:
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return False

@@ -50,6 +50,19 @@ MESSAGE_OVERHEAD_TOKENS = 8
 OUTPUT_CAP_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
 
+class Ledger(Protocol):
+    """A budget above a tree's (a batch's, `rlm.batch.ledger`): each call of the tree holds
+    its worst case there too, and settles or releases it there too."""
+
+    async def areserve(self, tokens: int, cost: float | None) -> None: ...
+
+    def settle(
+        self, tokens: int, cost: float | None, used_tokens: int, used_cost: float, held: bool
+    ) -> None: ...
+
+    def release(self, tokens: int, cost: float | None) -> None: ...
+
+
 class PricedClient(Protocol):
     """What the budget reads from a client (`rlm.clients.base.BaseLM` has all of it)."""
 
@@ -146,8 +159,9 @@ class Budget:
     through `reserve` / `settle` (or `release` when the call failed), see the module docstring.
     """
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, parent: Ledger | None = None) -> None:
         self.limits = limits
+        self.parent = parent
         self._lock = threading.Lock()
         self.started = time.monotonic()
         self.tokens = 0
@@ -253,9 +267,30 @@ class Budget:
             self._check_locked()
             if not self._waiters and self._fits(reservation):
                 self._admit(reservation)
-                return
-            waiter = _Waiter(reservation, asyncio.get_running_loop().create_future())
-            self._waiters.append(waiter)
+                waiter = None
+            else:
+                waiter = _Waiter(reservation, asyncio.get_running_loop().create_future())
+                self._waiters.append(waiter)
+        if waiter is not None:
+            await self._wait(waiter)
+        if self.parent is not None:
+            await self._reserve_in_parent(reservation)
+
+    async def _reserve_in_parent(self, reservation: Reservation) -> None:
+        """Hold the same worst case in the parent ledger (a batch's), once admitted here."""
+        assert self.parent is not None
+        try:
+            await self.parent.areserve(reservation.tokens, reservation.cost)
+        except BaseException as exc:
+            with self._lock:
+                self._unhold(reservation)
+                if isinstance(exc, LimitExceededError) and self._tripped is None:
+                    self._tripped = exc  # the batch is spent: this tree stops too
+                self._wake()
+            raise
+
+    async def _wait(self, waiter: _Waiter) -> None:
+        reservation = waiter.reservation
         try:
             async with asyncio.timeout(self.remaining_time()):
                 await waiter.future
@@ -279,6 +314,16 @@ class Budget:
 
         `reservation` None records usage that was never reserved.
         """
+        if self.parent is not None:
+            cost = usage.cost if usage.cost is not None else (reservation and reservation.cost)
+            held = (0, 0.0) if reservation is None else (reservation.tokens, reservation.cost)
+            self.parent.settle(
+                held[0],
+                held[1],
+                usage.input_tokens + usage.output_tokens,
+                cost or 0.0,
+                reservation is not None,
+            )
         with self._lock:
             if reservation is not None:
                 self._unhold(reservation)
@@ -305,6 +350,8 @@ class Budget:
 
     def release(self, reservation: Reservation) -> None:
         """Give back the reservation of a call that failed or was answered without one."""
+        if self.parent is not None:
+            self.parent.release(reservation.tokens, reservation.cost)
         with self._lock:
             self._unhold(reservation)
             self._wake()

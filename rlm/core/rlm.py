@@ -21,7 +21,7 @@ from typing import Any
 from rlm.clients import get_client
 from rlm.clients.base import BaseLM
 from rlm.core.aio import on_loop, run_sync, spawn, to_thread
-from rlm.core.budget import Budget, Limits, check_priced
+from rlm.core.budget import Budget, Ledger, Limits, check_priced
 from rlm.core.cache import SubcallCache
 from rlm.core.events import CallbackObserver, Events, EventStream, Observer, RunEvent, RunInfo
 from rlm.core.lm_handler import LMHandler, Session
@@ -76,6 +76,8 @@ class RLM:
             recursion tree, checked host-side, concurrent calls included.
         allow_unpriced_models: with max_budget, a model rlm has no price for is refused before
             the first call (`ConfigurationError`) unless this is True; its calls then count $0.
+        ledger: a budget above this RLM's runs that every call also draws from (`rlm.batch`
+            holds one per batch, so `max_budget` / `max_tokens` bound a whole batch).
         max_errors: stop after this many consecutive turns whose code raised.
         other_backends / other_backend_kwargs: more clients; the first serves depth >= 1.
         depth_backends: {depth: {"backend": name, "backend_kwargs": {...}}} for finer routing.
@@ -129,6 +131,7 @@ class RLM:
         observers: Sequence[Observer] = (),
         cache: SubcallCache | str | os.PathLike[str] | bool | None = None,
         allow_unpriced_models: bool = False,
+        ledger: Ledger | None = None,
     ) -> None:
         _check_int("depth", depth, minimum=0)
         _check_int("max_depth", max_depth, minimum=1)
@@ -143,6 +146,7 @@ class RLM:
             raise ConfigurationError(
                 f"compaction_threshold_pct must be in [0.1, 1.0], got {compaction_threshold_pct}"
             )
+        self.ledger = ledger
         self.limits = Limits(
             max_tokens=max_tokens,
             max_budget=max_budget,
@@ -278,7 +282,7 @@ class RLM:
         check_priced(self.handler.router.clients(), self.limits)
         if self.handler.address is None:
             await self.handler.astart()
-        tree = Tree(Budget(self.limits), Events([*self.observers, *extra_observers]))
+        tree = Tree(Budget(self.limits, self.ledger), Events([*self.observers, *extra_observers]))
         if not self.persistent:
             return await self._run(prompt, root_prompt, self.depth, tree, UsageLedger(), "", None)
         if self._persistent_lock is None:
