@@ -33,6 +33,7 @@ from rlm.clients.openai import (
     chat_completion_response,
 )
 from rlm.clients.portkey import PortkeyClient
+from rlm.clients.vercel import VercelClient
 from rlm.core.aio import run_sync
 from rlm.core.types import LMResponse, Usage
 from rlm.errors import ConfigurationError, ContextWindowExceededError, ProviderError
@@ -49,6 +50,7 @@ KEY_ENV_VARS = (
     "GEMINI_API_KEY",
     "GOOGLE_API_KEY",
     "OPENROUTER_API_KEY",
+    "AI_GATEWAY_API_KEY",
     "PORTKEY_API_KEY",
     "OPENAI_BASE_URL",
     "VLLM_BASE_URL",
@@ -69,6 +71,8 @@ def _make(kind: str, sim: ProviderSimulator, model: str = "sim-model", **kw: Any
         return AzureOpenAIClient(model, api_key=KEY, azure_endpoint=sim.azure_endpoint, **kw)
     if kind == "openrouter":
         return OpenRouterClient(model, api_key=KEY, base_url=sim.openai_base_url, **kw)
+    if kind == "vercel":
+        return VercelClient(model, api_key=KEY, base_url=sim.openai_base_url, **kw)
     if kind == "vllm":
         return VLLMClient(model, base_url=sim.openai_base_url, **kw)
     if kind == "anthropic":
@@ -95,6 +99,7 @@ ALL = [
     "azure",
     "azure_sdk",
     "openrouter",
+    "vercel",
     "vllm",
     "anthropic",
     "anthropic_sdk",
@@ -317,6 +322,7 @@ def test_keys_come_from_the_standard_env_vars(
         (lambda: AnthropicClient("m"), "ANTHROPIC_API_KEY"),
         (lambda: GeminiClient("m"), "GEMINI_API_KEY"),
         (lambda: OpenRouterClient("m"), "OPENROUTER_API_KEY"),
+        (lambda: VercelClient("m"), "AI_GATEWAY_API_KEY"),
         (lambda: PortkeyClient("m"), "PORTKEY_API_KEY"),
         (lambda: AzureOpenAIClient("m", api_key=KEY), "AZURE_OPENAI_ENDPOINT"),
     ],
@@ -611,3 +617,28 @@ def test_stream_is_never_requested(sim: ProviderSimulator) -> None:
     for kind in ("openai", "anthropic", "gemini"):
         assert client_for(kind, sim).completion("hi", stream=True).text == "echo:hi"
         assert "stream" not in sim.requests[-1].body, kind
+
+
+def test_vercel_reads_the_gateway_key_and_sends_max_tokens_by_that_name(
+    sim: ProviderSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reference's `backend="vercel"` kwargs and key variable work unchanged."""
+    assert VercelClient.default_base_url == "https://ai-gateway.vercel.sh/v1"
+    monkeypatch.setenv("AI_GATEWAY_API_KEY", "from-gateway-env")
+    client = get_client(
+        "vercel",
+        {
+            "model_name": "anthropic/claude-sonnet-4.5",
+            "base_url": sim.openai_base_url,
+            "sampling_args": {"max_tokens": 7},
+        },
+    )
+    try:
+        assert isinstance(client, VercelClient)
+        assert client.completion("hi").text == "echo:hi"
+        seen = sim.requests[-1]
+        assert seen.headers["authorization"] == "Bearer from-gateway-env"
+        assert seen.model == "anthropic/claude-sonnet-4.5"
+        assert seen.body["max_tokens"] == 7 and "max_completion_tokens" not in seen.body
+    finally:
+        client.close()

@@ -44,6 +44,7 @@ BUILTIN_CLIENTS: dict[str, str] = {
     "portkey": "rlm.clients.portkey:PortkeyClient",
     "openrouter": "rlm.clients.openai:OpenRouterClient",
     "vllm": "rlm.clients.openai:VLLMClient",
+    "vercel": "rlm.clients.vercel:VercelClient",
     "scripted": "rlm.clients.scripted:ScriptedLM",
 }
 
