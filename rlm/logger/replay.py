@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from rlm.core.types import Message, RLMChatCompletion
 from rlm.errors import ConfigurationError, ProviderError
 from rlm.logger.jsonl import SCHEMA, SCHEMA_VERSION, TRUNCATION_MARK, Record
+from rlm.logger.reference_format import SOURCE as REFERENCE_SOURCE
+from rlm.logger.reference_format import from_reference, is_reference_log
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -47,6 +49,12 @@ class Trajectory:
     def header(self) -> Record | None:
         first = self.records[0] if self.records else None
         return first if first is not None and first.get("type") == "header" else None
+
+    @property
+    def from_reference(self) -> bool:
+        """The file was written by the reference implementation (read through a conversion)."""
+        header = self.header
+        return header is not None and header.get("source") == REFERENCE_SOURCE
 
     @property
     def root_run_id(self) -> str:
@@ -117,6 +125,8 @@ def parse_log(text: str, source: str = "<log>") -> Trajectory:
     records = [record for _, record in iter_records(lines, source)]
     if not records:
         raise LogFormatError(f"{source}: empty log")
+    if is_reference_log(records):
+        records = from_reference(records)
     header = records[0]
     if header.get("type") == "header":
         if header.get("schema") != SCHEMA:
@@ -159,6 +169,12 @@ def render(
     if trajectory.path is not None:
         view.console.print(
             f"replaying {trajectory.path}", style="dim", soft_wrap=True, markup=False
+        )
+    if trajectory.from_reference:
+        view.console.print(
+            "[bold cyan]This log was written by the reference implementation (rlms):[/] it "
+            "records no usage of the root's turns and no tool calls; sub-calls are shown as "
+            "far as it holds them."
         )
     for record in trajectory.records:
         view.handle(record)
@@ -393,6 +409,11 @@ def rerun(
     from rlm.core.rlm import RLM
     from rlm.logger.jsonl import RLMLogger
 
+    if trajectory.from_reference:
+        raise LogFormatError(
+            "this log was written by the reference implementation: it can be shown "
+            "(rlm replay, rlm view) but not re-run (it holds neither the context nor our prompts)"
+        )
     root_id = trajectory.root_run_id
     root = trajectory.run_start(root_id)
     if root is None:
