@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("rlm.commands.run", "run one completion from the command line"),
     "replay": ("rlm.commands.replay", "render a recorded run, or re-execute it (--rerun)"),
     "view": ("rlm.commands.view", "serve the trajectory visualizer for a log directory"),
+    "export": ("rlm.commands.export", "convert a trajectory log to the reference's format"),
     "bench": ("rlm.bench.cli", "long-context benchmarks (S-NIAH, OOLONG, OOLONG-Pairs)"),
     "demo": ("rlm.commands.demo", "a complete RLM run over a generated long document"),
     "batch": ("rlm.commands.batch", "run a file of tasks, in process or on a Ray cluster"),

@@ -105,6 +105,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument("--log-dir", help="write the trajectory as JSON lines into this directory")
     out.add_argument(
+        "--log-format",
+        choices=("rlm", "reference"),
+        default="rlm",
+        help="rlm (default) or reference: the reference implementation's format, for its "
+        "visualizer (`rlm replay` and `rlm view` read both)",
+    )
+    out.add_argument(
         "--no-log-context",
         action="store_true",
         help="leave the context out of the log (smaller; `rlm replay --rerun` then cannot run)",
@@ -202,7 +209,9 @@ def _build(args: argparse.Namespace) -> Any:
         observers.append(VerbosePrinter(Console(stderr=True, highlight=False)))
     logger = None
     if args.log_dir:
-        logger = RLMLogger(args.log_dir, log_context=not args.no_log_context)
+        logger = RLMLogger(
+            args.log_dir, log_context=not args.no_log_context, log_format=args.log_format
+        )
     return RLM(
         backend=args.backend,
         backend_kwargs=backend_kwargs,

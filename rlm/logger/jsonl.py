@@ -29,6 +29,7 @@ SCHEMA_VERSION = 1
 TRUNCATION_MARK = "…[truncated {n} chars]"
 
 Record = dict[str, Any]
+LOG_FORMATS = ("rlm", "reference")
 
 
 # ------------------------------------------------------------------------- record builders
@@ -181,6 +182,7 @@ class _Trace:
     run_ids: set[str] = field(default_factory=set)
     context_logged: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+    converter: Any = None  # a ReferenceWriter when the file is written in the reference's format
 
 
 class RLMLogger(Observer):
@@ -196,6 +198,9 @@ class RLMLogger(Observer):
             characters (None keeps them whole; whole responses keep `--rerun` exact).
         secrets: extra strings to scrub (environment variables that look like keys are
             always scrubbed).
+        log_format: "rlm" (docs/trajectory-format.md) or "reference": the file holds the
+            reference implementation's lines (`metadata`, then root `iteration`s), for teams
+            that open logs with its visualizer. Memory always keeps ours.
     """
 
     def __init__(
@@ -207,7 +212,13 @@ class RLMLogger(Observer):
         max_prompt_chars: int | None = 10_000,
         max_response_chars: int | None = None,
         secrets: Iterable[str] = (),
+        log_format: str = "rlm",
     ) -> None:
+        if log_format not in LOG_FORMATS:
+            from rlm.errors import ConfigurationError
+
+            raise ConfigurationError(f"log_format must be one of {LOG_FORMATS}, got {log_format!r}")
+        self.log_format = log_format
         for name, value in (
             ("max_prompt_chars", max_prompt_chars),
             ("max_response_chars", max_response_chars),
@@ -323,16 +334,22 @@ class RLMLogger(Observer):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
             trace = _Trace(root_id, path, os.fdopen(fd, "ab", buffering=0))
             self.log_file_path = str(path)
+            if self.log_format == "reference":
+                from rlm.logger.reference_format import ReferenceWriter
+
+                trace.converter = ReferenceWriter()
         self._write(trace, header_record(root_id))
         return trace
 
     def _write(self, trace: _Trace, record: Record) -> None:
         clean: Record = self.redactor.data(record)
-        line = encode(clean)
         with trace.lock:
             trace.records.append(clean)
-            if trace.handle is not None and not trace.handle.closed:
-                view = memoryview(line)
+            if trace.handle is None or trace.handle.closed:
+                return
+            lines = [clean] if trace.converter is None else trace.converter.feed(clean)
+            for line in lines:
+                view = memoryview(encode(line))
                 while view:  # an unbuffered write may be partial; finish the line
                     written = trace.handle.write(view)
                     if not written:
