@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from rlm.logger.jsonl import SCHEMA, SCHEMA_VERSION
+from rlm.logger.jsonl import SCHEMA, SCHEMA_VERSION, encode
+from rlm.logger.reference_format import from_reference, is_reference_log
 
 LOG_SUFFIX = ".jsonl"
 MAX_DEPTH = 4  # subdirectories walked below LOG_DIR (benchmarks write logs/<task>/...)
@@ -132,17 +133,61 @@ def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+def _first_record(handle: BinaryIO) -> dict[str, Any] | None:
+    """The first non-blank line's object (the handle is left at the start)."""
+    try:
+        for line in handle:
+            if line.strip():
+                record = json.loads(line)
+                return record if isinstance(record, dict) else None
+        return None
+    except ValueError:
+        return None
+    finally:
+        handle.seek(0)
+
+
+def reference_records(handle: BinaryIO) -> list[dict[str, Any]] | None:
+    """Our records for a log written by the reference implementation, or None (the handle is
+    then back at its start) when the file is not one. Lines that do not parse are skipped, as
+    the reference's own visualizer skips them."""
+    first = _first_record(handle)
+    if first is None or not is_reference_log([first]):
+        return None
+    records: list[dict[str, Any]] = []
+    for line in handle:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    if not is_reference_log(records):
+        handle.seek(0)
+        return None
+    return from_reference(records)
+
+
+def reference_view(handle: BinaryIO) -> bytes | None:
+    """A reference log converted to our JSON lines (what the browser reads), or None."""
+    records = reference_records(handle)
+    return None if records is None else b"".join(encode(r) for r in records)
+
+
 def summarize(handle: BinaryIO) -> dict[str, Any]:
     """The run-list entry of one log: question, answer, models, time, tokens, cost, stop reason.
 
     Parses only the first line and the run_start / run_end lines (a 50 MB log is mostly
-    iterations and sub-calls), so listing a directory of big logs stays quick.
+    iterations and sub-calls), so listing a directory of big logs stays quick. A log written
+    by the reference implementation is converted whole first (its lines hold no run records).
     """
     header: dict[str, Any] | None = None
     first = True
     starts: list[dict[str, Any]] = []
     ends: dict[str, dict[str, Any]] = {}
-    for line in handle:
+    converted = reference_records(handle)
+    lines: Any = handle if converted is None else (encode(r) for r in converted)
+    for line in lines:
         if not line.strip() or not (first or _record_type(line)):
             continue
         try:
@@ -202,6 +247,7 @@ def summarize(handle: BinaryIO) -> dict[str, Any]:
         "complete": root_end is not None,
         "runs": len(starts),
         "problem": problem,
+        "source": header.get("source") if header else None,
     }
 
 
@@ -245,4 +291,5 @@ def _unreadable(problem: str) -> dict[str, Any]:
         "complete": False,
         "runs": 0,
         "problem": problem,
+        "source": None,
     }

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from rlm.viewer.logs import LogAccessError, SummaryCache, list_logs, open_log
+from rlm.viewer.logs import LogAccessError, SummaryCache, list_logs, open_log, reference_view
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 8790
@@ -179,6 +179,17 @@ class ViewerHandler(BaseHTTPRequestHandler):
             self._send_json(HTTPStatus.NOT_FOUND, {"error": "no such log in LOG_DIR"}, head=head)
             return
         with handle:
+            converted = reference_view(handle)
+            if converted is not None:  # the reference's format: the browser reads ours
+                self._headers(
+                    HTTPStatus.OK,
+                    "text/plain; charset=utf-8",
+                    len(converted),
+                    {"Cache-Control": "no-store", "X-RLM-Converted-From": "reference"},
+                )
+                if not head:
+                    self.wfile.write(converted)
+                return
             size = handle.seek(0, 2)
             handle.seek(0)
             self._headers(

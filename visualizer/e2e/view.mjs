@@ -5,7 +5,7 @@
 //
 //   node e2e/view.mjs --url 'http://127.0.0.1:PORT/?token=T' --empty-url '...' \
 //        --run RUN.jsonl --screenshot out.png [--big BIG.jsonl] [--local-file PATH.jsonl]
-//        [--chromium /usr/bin/chromium]
+//        [--reference REFERENCE.jsonl] [--chromium /usr/bin/chromium]
 //
 // Fails (exit 1) on the first missing element or page error; prints a JSON report of what it
 // saw on stdout for the Python test to check too.
@@ -23,6 +23,7 @@ const { values: opt } = parseArgs({
     run: { type: "string" },
     big: { type: "string" },
     "local-file": { type: "string" },
+    reference: { type: "string" },
     screenshot: { type: "string" },
     chromium: { type: "string", default: process.env.RLM_CHROMIUM || "/usr/bin/chromium" },
   },
@@ -161,6 +162,25 @@ try {
   report.futureMessage = await refused.innerText();
   check(report.futureMessage.includes("version 99"), "unknown version named");
   await page.screenshot({ path: opt.screenshot.replace(/\.png$/, "-future.png") });
+
+  // ---- a log written by the reference implementation: converted, shown, and said so
+  if (opt.reference) {
+    await page.goto(opt.url);
+    const refRow = page.getByTestId("runlist").locator(`[data-name="${opt.reference}"]`);
+    await refRow.waitFor();
+    report.referenceRow = await refRow.innerText();
+    check(report.referenceRow.includes("Ask a child RLM."), "reference log listed with its question");
+    check(await refRow.getByTestId("reference-chip").isVisible(), "reference log marked in the list");
+    await refRow.click();
+    report.referenceBanner = await page.getByTestId("reference-banner").innerText();
+    const refTree = page.getByTestId("tree");
+    await refTree.getByText("Child run · depth 1").first().waitFor();
+    report.referenceTree = await refTree.locator('[role="treeitem"]').allInnerTexts();
+    await refTree.locator('[role="treeitem"]', { hasText: "rlm_query" }).first().click();
+    report.referenceCode = await page.getByTestId("code").innerText();
+    report.referenceAnswer = await page.getByTestId("run-answer").innerText();
+    await page.screenshot({ path: opt.screenshot.replace(/\.png$/, "-reference.png") });
+  }
 
   // ---- a 50 MB log: loads, and only the rows in view are in the DOM
   if (opt.big) {

@@ -113,6 +113,11 @@ export function RunList({ logDir, entries, message, onOpen }: Props) {
                   <span className="small cell">
                     <span className="models">{s.models.join(", ") || "—"}</span>
                     <span className="muted">
+                      {s.source === "reference" && (
+                        <span className="chip" data-testid="reference-chip" title="written by the reference implementation (rlms)">
+                          reference
+                        </span>
+                      )}{" "}
                       {s.runs} run{s.runs === 1 ? "" : "s"} · {e.local ? "from disk" : bytes(e.size)}
                     </span>
                   </span>

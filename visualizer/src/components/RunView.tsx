@@ -165,6 +165,13 @@ export function RunView({ name, parsed, traj }: Props) {
           </span>
         </div>
       </div>
+      {parsed.header?.source === "reference" && (
+        <div className="banner" data-testid="reference-banner">
+          This log was written by the reference implementation (rlms) and converted for viewing:
+          it records no usage of the root model's own turns and no tool calls; sub-calls and child
+          runs are shown as far as it holds them.
+        </div>
+      )}
       {hasProblems && (
         <div className="banner warn" data-testid="problems-banner">
           {parsed.errorCount > 0 && (

@@ -165,6 +165,12 @@ function finish(
       message:
         errorCount > 0 ? "no line of this file is a trajectory record" : "the file holds no records",
     };
+  } else if (records[0].type === "metadata") {
+    problem = {
+      kind: "no-run",
+      message:
+        "a log written by the reference implementation (rlms): open it through `rlm view LOG_DIR` or `rlm replay`, which convert it",
+    };
   } else if (!records.some((r) => r.type === "run_start")) {
     problem = { kind: "no-run", message: "no header and no run_start record: not a trajectory" };
   }

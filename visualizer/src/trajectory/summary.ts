@@ -21,6 +21,8 @@ export interface LogSummary {
   complete: boolean;
   runs: number;
   problem: string | null;
+  /** "reference" when the file was written by the reference implementation (rlms). */
+  source?: string | null;
 }
 
 export interface LogEntry {
@@ -62,5 +64,6 @@ export function summarize(parsed: ParsedLog, traj: Trajectory | null): LogSummar
     complete: traj?.complete ?? false,
     runs: traj?.runs.size ?? 0,
     problem: parsed.problem?.message ?? null,
+    source: header && typeof header.source === "string" ? header.source : null,
   };
 }
