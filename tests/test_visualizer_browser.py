@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 VISUALIZER = REPO / "visualizer"
 SCRIPT = VISUALIZER / "e2e" / "view.mjs"
 CHROMIUM = os.environ.get("RLM_CHROMIUM", "/usr/bin/chromium")
+REFERENCE_LOG = REPO / "tests" / "fixtures" / "reference_logs" / "reference_child.jsonl"
 FENCE = "```"
 
 
@@ -292,6 +293,7 @@ def views(tmp_path: Path) -> Iterator[tuple[View, View, Path]]:
     run = record_run(logs)
     write_bad_logs(run)
     write_big_log(logs / "big.jsonl")
+    shutil.copyfile(REFERENCE_LOG, logs / REFERENCE_LOG.name)
     empty = tmp_path / "empty"
     empty.mkdir()
     full, none = View(logs), View(empty)
@@ -321,6 +323,8 @@ def test_visualizer_shows_a_recorded_run(views: tuple[View, View, Path], tmp_pat
             "big.jsonl",
             "--local-file",
             str(run),
+            "--reference",
+            REFERENCE_LOG.name,
             "--chromium",
             CHROMIUM,
         ],
@@ -347,6 +351,11 @@ def test_visualizer_shows_a_recorded_run(views: tuple[View, View, Path], tmp_pat
     assert report["bigTreeDom"] < 200 and report["bigTimelineDom"] < 200  # virtualised
     assert NEEDLE in report["bigLast"]
     assert "alpha part / beta part / gamma part" in report["localAnswer"]
+    # a log the reference implementation wrote opens, marked as such
+    assert "written by the reference implementation" in report["referenceBanner"]
+    assert any("Child run · depth 1" in r for r in report["referenceTree"])
+    assert "rlm_query('Count the words in: alpha beta gamma')" in report["referenceCode"]
+    assert "the child said: three" in report["referenceAnswer"]
 
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert screenshot.stat().st_size > 20_000  # a rendered page, not a blank one
