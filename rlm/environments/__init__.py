@@ -27,6 +27,8 @@ BUILTIN_ENVIRONMENTS: dict[str, str] = {
     "docker": "rlm.environments.docker:DockerREPL",
     "modal": "rlm.environments.modal:ModalREPL",
     "e2b": "rlm.environments.e2b:E2BREPL",
+    "daytona": "rlm.environments.daytona:DaytonaREPL",
+    "prime": "rlm.environments.prime:PrimeREPL",
 }
 
 _LAZY = {
