@@ -1,15 +1,20 @@
-"""ModalREPL and E2BREPL up to the SDK boundary.
+"""ModalREPL, E2BREPL, DaytonaREPL and PrimeREPL up to the SDK boundary.
 
-No cloud account is reachable here, so the `modal` and `e2b` modules are replaced by fakes of
-the SDK objects the environments use. The fakes are thin: each "sandbox" runs the real worker
-in a local subprocess behind stdin/stdout streams that behave like the SDKs' (text chunks out,
-a bounded stdin buffer, a files API), so the runtime, the base64-lines transport and the relay
-to the LMHandler all run for real.
+No cloud account is reachable here, so the `modal`, `e2b`, `daytona` and `prime_sandboxes`
+modules are replaced by fakes of the SDK objects the environments use. The fakes are thin: each
+"sandbox" runs the real worker in a local subprocess behind stdin/stdout streams that behave
+like the SDKs' (text chunks out, a bounded stdin buffer, a files API), so the runtime, the
+base64-lines transport and the relay to the LMHandler all run for real. Where the real SDK is
+installed, the fakes' methods are checked against its signatures
+(`test_fakes_match_the_installed_sdk`), so a rename upstream fails here, not in a user's run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import codecs
+import contextlib
+import inspect
 import os
 import shutil
 import subprocess
@@ -27,7 +32,7 @@ from rlm.clients.base import BaseLM
 from rlm.core.lm_handler import LMHandler
 from rlm.core.types import LMResponse, Message
 from rlm.environments.base import ToolSpec
-from rlm.errors import MissingDependencyError, SandboxError
+from rlm.errors import ConfigurationError, MissingDependencyError, SandboxError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -251,6 +256,258 @@ def fake_e2b() -> types.ModuleType:
     return module
 
 
+# ----------------------------------------------------------------------------- daytona
+
+
+def python3_on_path(env: dict[str, str]) -> dict[str, str]:
+    """A shell in the fake sandbox finds this interpreter as `python3`."""
+    shim = Path(env["HOME"]) / ".shim"
+    shim.mkdir(parents=True, exist_ok=True)
+    if not (shim / "python3").exists():
+        (shim / "python3").symlink_to(sys.executable)
+    return {**env, "PATH": f"{shim}:{os.environ['PATH']}"}
+
+
+class FakeParams:
+    """Stands for the SDK's pydantic request models: keeps the fields it was given."""
+
+    model: ClassVar[str] = ""
+
+    def __init__(self, **fields: Any) -> None:
+        self.fields = fields
+        self.__dict__.update(fields)
+
+
+def fake_model(name: str) -> type[FakeParams]:
+    return type(name, (FakeParams,), {"model": name})
+
+
+class FakeDaytonaFS:
+    def __init__(self, files: FakeFiles) -> None:
+        self.files = files
+
+    def upload_file(self, src: str | bytes, dst: str, timeout: int = 1800) -> None:
+        assert isinstance(src, bytes)  # bytes are content; a str would be a local path
+        self.files.write(dst, src)
+
+
+class FakeDaytonaProcess:
+    def __init__(self, sandbox: FakeDaytonaSandbox) -> None:
+        self.sandbox = sandbox
+        self.sessions: set[str] = set()
+        self.commands: dict[str, LocalWorker] = {}
+        self.requests: list[FakeParams] = []
+        self.inputs = 0
+
+    def create_session(self, session_id: str, request_timeout: float | None = None) -> None:
+        self.sessions.add(session_id)
+
+    def execute_session_command(
+        self, session_id: str, req: FakeParams, timeout: int | None = None
+    ) -> Any:
+        assert session_id in self.sessions and req.fields["run_async"] is True
+        self.requests.append(req)
+        env = python3_on_path(self.sandbox.env)
+        worker = LocalWorker(["/bin/sh", "-c", req.fields["command"]], env, "/")
+        command_id = f"cmd-{len(self.commands) + 1}"
+        self.commands[command_id] = worker
+        return types.SimpleNamespace(cmd_id=command_id, output=None, exit_code=None)
+
+    def send_session_command_input(
+        self, session_id: str, command_id: str, data: str, request_timeout: float | None = None
+    ) -> None:
+        assert isinstance(data, str)  # the API takes text
+        self.inputs += 1
+        self.commands[command_id].write(data.encode())
+
+    async def get_session_command_logs_async(
+        self, session_id: str, command_id: str, on_stdout: Any, on_stderr: Any
+    ) -> None:
+        worker = self.commands[command_id]
+        assert worker.proc.stdout is not None and worker.proc.stderr is not None
+        errors = worker.chunks(worker.proc.stderr)
+        threading.Thread(target=lambda: [on_stderr(t) for t in errors], daemon=True).start()
+        chunks = worker.chunks(worker.proc.stdout)
+        loop = asyncio.get_running_loop()
+        while (text := await loop.run_in_executor(None, next, chunks, None)) is not None:
+            on_stdout(text)
+
+
+class FakeDaytonaSandbox:
+    created: ClassVar[list[FakeDaytonaSandbox]] = []
+
+    def __init__(self, params: FakeParams) -> None:
+        self.params = params
+        self.env = dict(params.fields["env_vars"])
+        self.files = FakeFiles()
+        self.fs = FakeDaytonaFS(self.files)
+        self.process = FakeDaytonaProcess(self)
+        self.deleted = False
+        FakeDaytonaSandbox.created.append(self)
+
+    def delete(self, timeout: float | None = 60, wait: bool = False) -> None:
+        self.deleted = True
+        for worker in self.process.commands.values():
+            worker.kill()
+        roots = {"/".join(p.split("/")[:3]) for p in self.files.written}  # /tmp/rlm-xxxx
+        self.files.remove_all(sorted(roots))
+
+
+class FakeDaytona:
+    instances: ClassVar[list[FakeDaytona]] = []
+
+    def __init__(self, config: FakeParams | None = None) -> None:
+        self.config = config
+        FakeDaytona.instances.append(self)
+
+    def create(
+        self,
+        params: FakeParams | None = None,
+        *,
+        timeout: float = 60,
+        on_snapshot_create_logs: Any = None,
+    ) -> FakeDaytonaSandbox:
+        assert params is not None
+        return FakeDaytonaSandbox(params)
+
+
+DAYTONA_MODELS = (
+    "DaytonaConfig",
+    "CreateSandboxFromSnapshotParams",
+    "CreateSandboxFromImageParams",
+    "Resources",
+    "SessionExecuteRequest",
+)
+
+
+def fake_daytona() -> types.ModuleType:
+    module = types.ModuleType("daytona")
+    module.Daytona = FakeDaytona  # type: ignore[attr-defined]
+    for name in DAYTONA_MODELS:
+        setattr(module, name, fake_model(name))
+    return module
+
+
+# ------------------------------------------------------------------------------- prime
+
+
+class FakeByteStream:
+    """Like the SDK's process streams: an async iterator of bytes chunks."""
+
+    def __init__(self, stream: Any) -> None:
+        self.fd = stream.fileno()
+
+    def __aiter__(self) -> FakeByteStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        data = await asyncio.get_running_loop().run_in_executor(None, os.read, self.fd, 65536)
+        if not data:
+            raise StopAsyncIteration
+        return data
+
+
+class FakePrimeProcess:
+    def __init__(self, worker: LocalWorker) -> None:
+        self.worker = worker
+        assert worker.proc.stdout is not None and worker.proc.stderr is not None
+        self.stdout = FakeByteStream(worker.proc.stdout)
+        self.stderr = FakeByteStream(worker.proc.stderr)
+        self.writes = 0
+        self.closed = False
+
+    @property
+    def returncode(self) -> int | None:
+        return self.worker.proc.poll()
+
+    async def write_stdin(self, data: bytes) -> None:
+        assert isinstance(data, bytes)
+        if self.worker.proc.poll() is not None:
+            raise BrokenPipeError("process has exited")
+        self.writes += 1
+        self.worker.write(data)
+
+    async def kill(self) -> None:
+        self.worker.kill()
+
+    async def aclose(self) -> None:
+        self.closed = True
+        self.worker.kill()
+
+
+class FakePrimeClient:
+    created: ClassVar[list[FakePrimeClient]] = []
+
+    def __init__(self, api_key: str | None = None) -> None:
+        self.api_key = api_key
+        self.requests: list[FakeParams] = []
+        self.files = FakeFiles()
+        self.processes: list[tuple[str, dict[str, Any], FakePrimeProcess]] = []
+        self.deleted: list[str] = []
+        self.waited: list[str] = []
+        self.closed = False
+        FakePrimeClient.created.append(self)
+
+    async def create(self, request: FakeParams) -> Any:
+        self.requests.append(request)
+        return types.SimpleNamespace(id=f"sbx-{len(self.requests)}", status="PENDING")
+
+    async def wait_for_creation(
+        self,
+        sandbox_id: str,
+        max_attempts: int = 60,
+        stability_checks: int = 1,
+        image_build_timeout_seconds: int = 3000,
+    ) -> None:
+        self.waited.append(sandbox_id)
+
+    async def upload_bytes(
+        self,
+        sandbox_id: str,
+        file_path: str,
+        file_bytes: bytes,
+        filename: str,
+        timeout: int | None = None,
+    ) -> Any:
+        assert sandbox_id in self.waited and isinstance(file_bytes, bytes)
+        self.files.write(file_path, file_bytes)
+        return types.SimpleNamespace(success=True, path=file_path)
+
+    async def open_process(
+        self,
+        sandbox_id: str,
+        command: str,
+        working_dir: str | None = None,
+        env: dict[str, str] | None = None,
+        user: str | None = None,
+    ) -> FakePrimeProcess:
+        assert sandbox_id in self.waited
+        options = {"working_dir": working_dir, "env": dict(env or {}), "user": user}
+        process = FakePrimeProcess(
+            LocalWorker(command.split(), dict(env or {}), working_dir or "/")
+        )
+        self.processes.append((command, options, process))
+        return process
+
+    async def delete(self, sandbox_id: str) -> dict[str, Any]:
+        self.deleted.append(sandbox_id)
+        for _, _, process in self.processes:
+            process.worker.kill()
+        roots = {"/".join(p.split("/")[:3]) for p in self.files.written}
+        self.files.remove_all(sorted(roots))
+        return {"deleted": sandbox_id}
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def fake_prime() -> types.ModuleType:
+    module = types.ModuleType("prime_sandboxes")
+    module.AsyncSandboxClient = FakePrimeClient  # type: ignore[attr-defined]
+    module.CreateSandboxRequest = fake_model("CreateSandboxRequest")  # type: ignore[attr-defined]
+    return module
+
+
 # ------------------------------------------------------------------------------- tests
 
 
@@ -273,8 +530,13 @@ def handler() -> Iterator[LMHandler]:
 def fake_sdks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "modal", fake_modal())
     monkeypatch.setitem(sys.modules, "e2b", fake_e2b())
+    monkeypatch.setitem(sys.modules, "daytona", fake_daytona())
+    monkeypatch.setitem(sys.modules, "prime_sandboxes", fake_prime())
     FakeModalSandbox.created.clear()
     FakeE2BSandbox.created.clear()
+    FakeDaytonaSandbox.created.clear()
+    FakeDaytona.instances.clear()
+    FakePrimeClient.created.clear()
 
 
 def make(kind: str, lm_handler: LMHandler, **kwargs: Any) -> Any:
@@ -286,8 +548,17 @@ def make(kind: str, lm_handler: LMHandler, **kwargs: Any) -> Any:
     return environment_class(kind)(handler=lm_handler.endpoint(session), tools=tools, **kwargs)
 
 
+CLOUD = ["modal", "e2b", "daytona", "prime"]
+SDK_MODULE = {"prime": "prime_sandboxes"}
+
+
 def sandbox_of(kind: str) -> Any:
-    created: list[Any] = FakeModalSandbox.created if kind == "modal" else FakeE2BSandbox.created  # type: ignore[assignment]
+    created: list[Any] = {  # type: ignore[assignment]
+        "modal": FakeModalSandbox.created,
+        "e2b": FakeE2BSandbox.created,
+        "daytona": FakeDaytonaSandbox.created,
+        "prime": FakePrimeClient.created,  # one client per sandbox
+    }[kind]
     assert len(created) == 1
     return created[0]
 
@@ -296,11 +567,17 @@ def worker_of(kind: str) -> LocalWorker:
     sandbox = sandbox_of(kind)
     if kind == "modal":
         return sandbox.worker  # type: ignore[no-any-return]
+    if kind == "daytona":
+        (worker,) = sandbox.process.commands.values()
+        return worker  # type: ignore[no-any-return]
+    if kind == "prime":
+        ((_, _, process),) = sandbox.processes
+        return process.worker  # type: ignore[no-any-return]
     (handle,) = sandbox.commands.handles.values()
     return handle.worker  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize("kind", ["modal", "e2b"])
+@pytest.mark.parametrize("kind", CLOUD)
 def test_the_real_worker_runs_behind_the_fake_sdk(kind: str, handler: LMHandler) -> None:
     env = make(kind, handler, timeout=20)
     try:
@@ -364,7 +641,7 @@ def test_e2b_sdk_calls(handler: LMHandler) -> None:
     assert sandbox.commands.stdin_calls >= 2 and sandbox.killed
 
 
-@pytest.mark.parametrize("kind", ["modal", "e2b"])
+@pytest.mark.parametrize("kind", CLOUD)
 def test_a_dead_worker_is_a_terminal_sandbox_error(kind: str, handler: LMHandler) -> None:
     env = make(kind, handler, timeout=20)
     try:
@@ -377,13 +654,13 @@ def test_a_dead_worker_is_a_terminal_sandbox_error(kind: str, handler: LMHandler
         env.cleanup()
 
 
-@pytest.mark.parametrize("kind", ["modal", "e2b"])
+@pytest.mark.parametrize("kind", CLOUD)
 def test_a_missing_sdk_names_the_extra_to_install(
     kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from rlm.environments import environment_class
 
-    monkeypatch.setitem(sys.modules, kind, None)
+    monkeypatch.setitem(sys.modules, SDK_MODULE.get(kind, kind), None)
     with pytest.raises(MissingDependencyError, match=rf"pip install 'rlm\[{kind}\]'"):
         environment_class(kind)()
 
@@ -399,7 +676,7 @@ def test_an_sdk_failure_at_start_is_a_sandbox_error(monkeypatch: pytest.MonkeyPa
         ModalREPL()
 
 
-@pytest.mark.parametrize("kind", ["modal", "e2b"])
+@pytest.mark.parametrize("kind", CLOUD)
 def test_persistent_rlm_keeps_one_cloud_sandbox(kind: str) -> None:
     replies = [
         f"{FENCE}repl\nkept = context\nFINAL('first')\n{FENCE}",
@@ -415,3 +692,261 @@ def test_persistent_rlm_keeps_one_cloud_sandbox(kind: str) -> None:
         assert rlm.completion("one").response == "first"
         assert rlm.completion("two").response == "one|two|True"
     assert worker_of(kind).proc.poll() is not None  # closed with the RLM
+
+
+def test_daytona_sdk_calls(handler: LMHandler) -> None:
+    env = make("daytona", handler, timeout=20)
+    try:
+        env.execute("1")
+    finally:
+        env.cleanup()
+    sandbox = sandbox_of("daytona")
+    params = sandbox.params
+    assert params.model == "CreateSandboxFromSnapshotParams"
+    assert params.fields["network_block_all"] is True
+    assert params.fields["env_vars"]["RLM_CHANNEL_TOKEN"] == env.channel_token
+    assert params.fields["env_vars"]["RLM_CHANNEL_ENCODING"] == "base64"
+    (request,) = sandbox.process.requests
+    assert request.model == "SessionExecuteRequest"
+    assert request.fields["suppress_input_echo"] is True  # our frames must not come back
+    assert request.fields["command"].endswith("exec python3 -s -m rlm.runtime.worker")
+    assert env.channel_token not in request.fields["command"]
+    assert any(p.endswith("bundle/rlm/runtime/worker.py") for p in sandbox.files.written)
+    assert sandbox.process.inputs >= 2 and sandbox.deleted
+    assert FakeDaytona.instances[0].config is None  # the SDK reads DAYTONA_API_KEY itself
+
+
+def test_daytona_options_reach_the_sdk(handler: LMHandler) -> None:
+    env = make(
+        "daytona",
+        handler,
+        timeout=20,
+        api_key="dtn-key",
+        target="eu",
+        image="python:3.12-slim",
+        cpu=2,
+        memory=4,
+        network_block_all=False,
+    )
+    env.cleanup()
+    params = sandbox_of("daytona").params
+    assert params.model == "CreateSandboxFromImageParams"
+    assert params.fields["image"] == "python:3.12-slim"
+    assert params.fields["resources"].fields == {"cpu": 2, "memory": 4}
+    assert params.fields["network_block_all"] is False
+    assert FakeDaytona.instances[0].config.fields == {"api_key": "dtn-key", "target": "eu"}
+    assert "dtn-key" not in str(params.fields["env_vars"])  # the key stays on the host
+
+
+def test_daytona_resources_need_an_image() -> None:
+    from rlm.environments.daytona import DaytonaREPL
+
+    with pytest.raises(ConfigurationError, match="image"):
+        DaytonaREPL(cpu=2)
+    assert FakeDaytonaSandbox.created == []
+
+
+def test_prime_sdk_calls(handler: LMHandler) -> None:
+    env = make("prime", handler, timeout=20, api_key="pk-test", memory_mb=2048)
+    try:
+        env.execute("1")
+    finally:
+        env.cleanup()
+    client = sandbox_of("prime")
+    assert client.api_key == "pk-test"
+    (request,) = client.requests
+    assert request.fields["docker_image"] == "python:3.11-slim"
+    assert request.fields["network_allowlist"] == []  # no egress by default
+    assert request.fields["memory_gb"] == 3.0  # the worker's 2048 MB plus headroom
+    ((command, options, process),) = client.processes
+    assert command == "python3 -s -m rlm.runtime.worker" and env.channel_token not in command
+    assert options["env"]["RLM_CHANNEL_TOKEN"] == env.channel_token
+    assert "RLM_CHANNEL_ENCODING" not in options["env"]  # bytes travel as they are
+    assert "pk-test" not in str(options["env"])
+    assert process.writes >= 2 and process.closed
+    assert client.deleted == ["sbx-1"] and client.closed
+
+
+def test_prime_start_failure_deletes_the_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlm.environments.prime import PrimeREPL
+
+    async def refuse(self: FakePrimeClient, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("image pull failed")
+
+    monkeypatch.setattr(FakePrimeClient, "open_process", refuse)
+    with pytest.raises(SandboxError, match="image pull failed"):
+        PrimeREPL()
+    (client,) = FakePrimeClient.created
+    assert client.deleted == ["sbx-1"]
+
+
+@pytest.mark.parametrize("kind", ["daytona", "prime"])
+def test_rlm_fan_out_and_recursion_in_new_cloud_sandboxes(kind: str) -> None:
+    """A run whose code fans out sub-calls and starts child RLMs, each child in a sandbox of
+    its own, all of them ended when the run ends."""
+
+    def root(messages: list[Message]) -> str:
+        turn = sum(1 for m in messages if m["role"] == "assistant")
+        if "query, using the context: Count letters" in str(messages[1]["content"]):
+            return [
+                f"{FENCE}repl\nn = len(context)\n{FENCE}",
+                f"{FENCE}repl\nFINAL(str(n))\n{FENCE}",
+            ][turn]
+        return [
+            f"{FENCE}repl\nechoes = llm_query_batched([f'q{{i}}' for i in range(8)])\n"
+            f"kids = rlm_query_batched(['Count letters'] * 2, contexts=['abc', 'abcdef'])\n"
+            f"print(len(echoes), kids)\n{FENCE}",
+            f"{FENCE}repl\nFINAL(f'{{len(context)}} ' + ' '.join(kids))\n{FENCE}",
+        ][turn]
+
+    rlm = RLM(
+        backend="scripted",
+        backend_kwargs={"responses": root},
+        environment=kind,
+        max_depth=2,
+    )
+    context = "x" * (50 * 2**20)  # 50 MB: uploaded once, read once by the worker
+    with rlm:
+        result = rlm.completion(context, root_prompt="Fan out.")
+    assert result.response == f"{len(context)} 3 6"
+    created = FakeDaytonaSandbox.created if kind == "daytona" else FakePrimeClient.created
+    assert len(created) == 3  # the root and two children, each in its own sandbox
+    workers: list[LocalWorker] = []
+    for sandbox in created:
+        if kind == "daytona":
+            workers.extend(sandbox.process.commands.values())
+        else:
+            workers.extend(process.worker for _, _, process in sandbox.processes)
+    assert all(w.proc.poll() is not None for w in workers)
+
+
+# ------------------------------------------------------------- the fakes against the real SDKs
+
+
+def _compatible(fake: Any, real: Any) -> list[str]:
+    """Why a call shaped for `fake` would not fit `real`: every parameter the fake declares
+    exists in the real signature with the same kind (and position, when positional), every
+    parameter the real one requires is declared by the fake, and both are sync or both async."""
+    problems = []
+    if inspect.iscoroutinefunction(fake) != inspect.iscoroutinefunction(real):
+        problems.append("sync/async differs")
+    theirs = list(inspect.signature(real).parameters.values())
+    ours = list(inspect.signature(fake).parameters.values())
+    by_name = {p.name: p for p in theirs}
+    for index, param in enumerate(ours):
+        other = by_name.get(param.name)
+        if other is None:
+            problems.append(f"no parameter {param.name!r}")
+        elif other.kind != param.kind:
+            problems.append(f"{param.name!r} is {other.kind.description}")
+        elif param.kind is param.POSITIONAL_OR_KEYWORD and theirs.index(other) != index:
+            problems.append(f"{param.name!r} moved to position {theirs.index(other)}")
+    names = {p.name for p in ours}
+    for param in theirs:
+        required = param.default is param.empty and param.kind not in (
+            param.VAR_POSITIONAL,
+            param.VAR_KEYWORD,
+        )
+        if required and param.name not in names:
+            problems.append(f"required parameter {param.name!r} missing from the fake")
+    return problems
+
+
+def _fields(model: Any) -> set[str]:
+    fields = getattr(model, "model_fields", None)
+    if fields is not None:
+        return set(fields)
+    return set(inspect.signature(model).parameters)
+
+
+def _daytona_pairs(daytona: Any) -> list[tuple[str, Any, Any]]:
+    import typing
+
+    sandbox = daytona.Sandbox
+    fs_cls = typing.get_type_hints(inspect.getattr_static(sandbox, "fs").fget)["return"]
+    process_cls = typing.get_type_hints(inspect.getattr_static(sandbox, "process").fget)["return"]
+    return [
+        ("Daytona()", FakeDaytona.__init__, daytona.Daytona.__init__),
+        ("Daytona.create", FakeDaytona.create, daytona.Daytona.create),
+        ("Sandbox.delete", FakeDaytonaSandbox.delete, sandbox.delete),
+        ("Sandbox.fs.upload_file", FakeDaytonaFS.upload_file, fs_cls.upload_file),
+        *(
+            (
+                f"Sandbox.process.{name}",
+                getattr(FakeDaytonaProcess, name),
+                getattr(process_cls, name),
+            )
+            for name in (
+                "create_session",
+                "execute_session_command",
+                "send_session_command_input",
+                "get_session_command_logs_async",
+            )
+        ),
+    ]
+
+
+def _prime_pairs(prime: Any) -> list[tuple[str, Any, Any]]:
+    client = prime.AsyncSandboxClient
+    process = prime.AsyncSandboxProcess
+    pairs = [("AsyncSandboxClient()", FakePrimeClient.__init__, client.__init__)]
+    for name in ("create", "wait_for_creation", "upload_bytes", "open_process", "delete", "aclose"):
+        pairs.append(
+            (f"AsyncSandboxClient.{name}", getattr(FakePrimeClient, name), getattr(client, name))
+        )
+    for name in ("write_stdin", "kill", "aclose"):
+        pairs.append(
+            (f"AsyncSandboxProcess.{name}", getattr(FakePrimeProcess, name), getattr(process, name))
+        )
+    return pairs
+
+
+@contextlib.contextmanager
+def _installed(module: str) -> Iterator[Any]:
+    """The real SDK while the block runs (the autouse fixture put a fake in sys.modules; the
+    real one loads submodules lazily, so it must be in place while it is inspected), or a
+    skip saying why."""
+    fake = sys.modules.pop(module)
+    try:
+        yield pytest.importorskip(module, reason=f"{module} is not installed: signatures unchecked")
+    finally:
+        sys.modules[module] = fake
+
+
+@pytest.mark.parametrize("kind", ["daytona", "prime"])
+def test_fakes_match_the_installed_sdk(kind: str, handler: LMHandler) -> None:
+    """The fakes stand in for the real SDK only while they have its shape: the methods and
+    model fields DaytonaREPL and PrimeREPL use must exist upstream as the fakes declare them."""
+    env = make(
+        kind, handler, timeout=20, **({"image": "img", "cpu": 1} if kind == "daytona" else {})
+    )
+    env.cleanup()
+    if kind == "daytona":
+        sandbox = sandbox_of("daytona")
+        used = {
+            "CreateSandboxFromImageParams": sandbox.params,
+            "Resources": sandbox.params.fields["resources"],
+            "SessionExecuteRequest": sandbox.process.requests[0],
+        }
+    else:
+        used = {"CreateSandboxRequest": sandbox_of("prime").requests[0]}
+    with _installed("daytona" if kind == "daytona" else "prime_sandboxes") as real:
+        pairs = _daytona_pairs(real) if kind == "daytona" else _prime_pairs(real)
+        problems = {
+            label: why for label, fake, theirs in pairs if (why := _compatible(fake, theirs))
+        }
+        assert problems == {}
+        _check_fields(kind, real, used)
+
+
+def _check_fields(kind: str, real: Any, used: dict[str, FakeParams]) -> None:
+    """Every model field our code filled in exists in the real model."""
+    unknown = {
+        model: sorted(set(params.fields) - _fields(getattr(real, model)))
+        for model, params in used.items()
+    }
+    assert all(not fields for fields in unknown.values()), unknown
+    if kind == "daytona":
+        assert {"api_key", "target"} <= _fields(real.DaytonaConfig)
+        assert "snapshot" in _fields(real.CreateSandboxFromSnapshotParams)
+        assert "cmd_id" in _fields(real.SessionExecuteResponse)
