@@ -33,6 +33,7 @@ pytestmark = pytest.mark.timeout(60)
 FIXTURES = Path(__file__).parent / "fixtures" / "reference_logs"
 BASIC = FIXTURES / "reference_basic.jsonl"
 CHILD = FIXTURES / "reference_child.jsonl"
+PERSISTENT = FIXTURES / "reference_persistent.jsonl"  # two completions of one persistent RLM
 FENCE = "```"
 TOKEN = "test-token-0123456789"
 
@@ -215,6 +216,23 @@ def test_replay_reads_the_child_run_nested_in_a_reference_sub_call() -> None:
     assert child_end is not None and child_end["answer"] == "three"
     root_end = log.run_end(log.root_run_id)
     assert root_end is not None and root_end["answer"] == "the child said: three"
+
+
+def test_each_completion_in_a_reference_file_is_its_own_run() -> None:
+    """The reference appends every completion of an RLM to one file, restarting the count."""
+    log = read_log(PERSISTENT)
+    starts = log.of_type("run_start")
+    assert [(s["root_prompt"], s["parent_id"]) for s in starts] == [
+        ("First question.", ""),
+        ("Second question.", ""),
+    ]
+    answers = [log.run_end(s["run_id"]) for s in starts]
+    assert [a["answer"] for a in answers if a] == ["first: hello", "second: more"]
+    assert [len(log.iterations(s["run_id"])) for s in starts] == [1, 2]
+    second = log.iterations(starts[1]["run_id"])
+    assert second[0]["code_blocks"][0]["stdout"] == "more\n"
+    # the second run's first turn starts its own history
+    assert second[0]["prompt"][0]["role"] == "system"
 
 
 def test_rlm_replay_renders_a_reference_log(capsys: pytest.CaptureFixture[str]) -> None:

@@ -94,8 +94,25 @@ def from_reference(records: Sequence[Mapping[str, Any]]) -> list[Record]:
             "t": first_t,
         }
     ]
-    _Reader(out).run(ROOT_RUN_ID, "", 0, metadata, iterations, task=None, child_answer=None)
+    reader = _Reader(out)
+    for n, completion in enumerate(_completions(iterations), start=1):
+        run_id = ROOT_RUN_ID if n == 1 else f"{ROOT_RUN_ID}-{n}"
+        reader.run(run_id, "", 0, metadata, completion, task=None, child_answer=None)
     return out
+
+
+def _completions(iterations: list[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
+    """The reference's logger appends every completion of one RLM to the same file, numbering
+    iterations from 1 again: each restart begins another (top-level) run."""
+    groups: list[list[Mapping[str, Any]]] = []
+    last = 0
+    for iteration in iterations:
+        number = _int(iteration.get("iteration"), last + 1)
+        if not groups or number <= last:
+            groups.append([])
+        groups[-1].append(iteration)
+        last = number
+    return groups or [[]]
 
 
 class _Reader:
