@@ -950,3 +950,15 @@ def _check_fields(kind: str, real: Any, used: dict[str, FakeParams]) -> None:
         assert {"api_key", "target"} <= _fields(real.DaytonaConfig)
         assert "snapshot" in _fields(real.CreateSandboxFromSnapshotParams)
         assert "cmd_id" in _fields(real.SessionExecuteResponse)
+
+
+def test_the_reference_import_paths_work_without_the_sdks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    monkeypatch.setitem(sys.modules, "daytona", None)
+    monkeypatch.setitem(sys.modules, "prime_sandboxes", None)
+    from rlm.environments.daytona import DaytonaREPL
+    from rlm.environments.prime import PrimeREPL
+
+    assert importlib.import_module("rlm.environments.prime_repl").PrimeREPL is PrimeREPL
+    assert importlib.import_module("rlm.environments.daytona_repl").DaytonaREPL is DaytonaREPL
