@@ -102,6 +102,16 @@ describe("parseLog", () => {
     expect(parseLog('{"type": "iteration"}\n').problem?.kind).toBe("no-run");
   });
 
+  it("points a reference log opened from disk to the tools that convert it", () => {
+    const reference = readFileSync(
+      new URL("../../../tests/fixtures/reference_logs/reference_basic.jsonl", import.meta.url),
+      "utf8",
+    );
+    const parsed = parseLog(reference);
+    expect(parsed.problem?.kind).toBe("no-run");
+    expect(parsed.problem?.message).toMatch(/reference implementation.*rlm view/);
+  });
+
   it("caps the listed errors but counts them all", () => {
     const parsed = parseLog("x\n".repeat(MAX_LISTED_ERRORS + 50));
     expect(parsed.errors).toHaveLength(MAX_LISTED_ERRORS);
