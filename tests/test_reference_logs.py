@@ -551,3 +551,30 @@ def test_rlm_run_log_format_reference(
     stdout = seen["iterations"][0]["code_blocks"][0]["result"]["stdout"]
     assert stdout == "[REDACTED] 16\n"
     assert read_log(path).from_reference
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"code_blocks": {"not": "a list"}},
+        {"code_blocks": [{"code": 1, "result": {"rlm_calls": 7, "stderr": None}}]},
+        {"code_blocks": ["text", {"result": "x"}]},
+        {"prompt": None, "response": None, "iteration": "one", "timestamp": 5},
+        {"prompt": [1, {"role": "user", "content": ["part"]}], "final_answer": {"x": 1}},
+        {
+            "code_blocks": [
+                {"code": "x", "result": {"rlm_calls": [{"metadata": {"iterations": "no"}}]}}
+            ]
+        },
+    ],
+)
+def test_a_damaged_reference_log_is_read_as_far_as_it_goes(damage: dict[str, Any]) -> None:
+    """A file is data: wrong types in a reference log's fields never crash the reader or the
+    writer; the damaged iteration is still shown."""
+    records = lines(BASIC)
+    records[2] = {**records[2], **damage}
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    log = parse_log(text)
+    assert len(log.iterations(log.root_run_id)) == 3
+    render(log, _console())
+    reference_visualizer_parse("".join(json.dumps(r) + "\n" for r in to_reference(log.records)))

@@ -168,7 +168,9 @@ class _Reader:
             response = _text(iteration.get("response"))
             history = [*prompt, {"role": "assistant", "content": response}]
             blocks = [
-                self.block(run_id, depth, block) for block in iteration.get("code_blocks") or []
+                self.block(run_id, depth, block)
+                for block in _list(iteration.get("code_blocks"))
+                if isinstance(block, Mapping)
             ]
             final = _answer(iteration.get("final_answer"))
             self.out.append(
@@ -219,7 +221,7 @@ class _Reader:
             error = match.group(1)
             stderr = stderr[: match.start()]
         ids = []
-        for call in result.get("rlm_calls") or []:
+        for call in _list(result.get("rlm_calls")):
             if isinstance(call, Mapping):
                 ids.append(self.call(run_id, depth, call))
         locals_ = result.get("locals")
@@ -293,6 +295,11 @@ def _messages(prompt: Any) -> list[Mapping[str, Any]]:
     if isinstance(prompt, Mapping):
         return [prompt]
     return [] if prompt is None else [{"role": "user", "content": _text(prompt)}]
+
+
+def _list(value: Any) -> list[Any]:
+    """A field that should hold a list (a file is data: anything else counts as empty)."""
+    return value if isinstance(value, list) else []
 
 
 def _answer(value: Any) -> str | None:
@@ -399,18 +406,19 @@ class ReferenceWriter:
 
     def _iteration(self, run_id: str, record: Mapping[str, Any]) -> Record:
         history = self.histories.setdefault(run_id, [])
-        history.extend(dict(m) for m in record.get("prompt") or [] if isinstance(m, Mapping))
+        history.extend(_message(m) for m in _list(record.get("prompt")) if isinstance(m, Mapping))
         prompt = list(history)
         response = _text(record.get("response"))
         history.append({"role": "assistant", "content": response})
+        turn = sum(1 for m in history if m["role"] == "assistant")
         return {
             "type": "iteration",
-            "iteration": record.get("iteration"),
-            "timestamp": _iso(record.get("t")),
+            "iteration": _int(record.get("iteration"), turn),
+            "timestamp": _iso(record.get("t")) or "",  # the reference's reader wants a string
             "prompt": prompt,
             "response": response,
             "code_blocks": [
-                self._block(b) for b in record.get("code_blocks") or [] if isinstance(b, Mapping)
+                self._block(b) for b in _list(record.get("code_blocks")) if isinstance(b, Mapping)
             ],
             "final_answer": record.get("final_answer"),
             "iteration_time": record.get("iteration_time"),
@@ -421,13 +429,13 @@ class ReferenceWriter:
         error = block.get("error")
         if error:
             stderr += f"\n{error}"  # where the reference puts a cell's exception
-        calls = [self.subcalls.get(str(i)) for i in block.get("subcalls") or []]
+        calls = [self.subcalls.get(str(i)) for i in _list(block.get("subcalls"))]
         return {
             "code": _text(block.get("code")),
             "result": {
                 "stdout": _text(block.get("stdout")),
                 "stderr": stderr,
-                "locals": dict(block.get("locals") or {}),
+                "locals": dict(_mapping(block.get("locals"))),
                 "execution_time": block.get("execution_time"),
                 "rlm_calls": [
                     self._call(c) for c in calls if c is not None and c.get("kind") != "tool"
@@ -477,6 +485,16 @@ def _metadata(start: Mapping[str, Any]) -> Record:
         "environment_kwargs": {},
         "other_backends": settings.get("other_backends"),
     }
+
+
+def _message(message: Mapping[str, Any]) -> Record:
+    """A message as the reference's reader wants it: text role and text content (the text
+    parts of a list of parts)."""
+    content = message.get("content")
+    if isinstance(content, list):
+        parts = [p.get("text") if isinstance(p, Mapping) else p for p in content]
+        content = "".join(p for p in parts if isinstance(p, str))
+    return {"role": _text(message.get("role")), "content": _text(content)}
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
