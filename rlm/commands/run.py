@@ -24,8 +24,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rlm.commands.rlm_options import (
+    add_environment_arguments,
+    add_log_arguments,
+    add_model_arguments,
+    build_rlm,
+)
+from rlm.commands.rlm_options import pairs as _pairs  # noqa: F401  (rlm batch imports it here)
 from rlm.errors import ConfigurationError, RLMError
-from rlm.logger.redact import Redactor, is_sensitive_key
+from rlm.logger.redact import Redactor
 
 EXIT_ANSWERED = 0
 EXIT_STOPPED = 1
@@ -47,25 +54,7 @@ API keys are read from environment variables only (e.g. OPENAI_API_KEY).
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
-    model = parser.add_argument_group("models")
-    model.add_argument("--backend", default="openai", help="root backend (default: openai)")
-    model.add_argument("--model", help="root model name (the backend's model_name)")
-    model.add_argument(
-        "--backend-arg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra backend argument (VALUE parsed as JSON when it is JSON); repeatable",
-    )
-    model.add_argument("--sub-backend", help="backend for sub-calls (default: --backend)")
-    model.add_argument("--sub-model", help="model for sub-calls (default: the root model)")
-    model.add_argument(
-        "--sub-backend-arg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra argument for the sub-call backend; repeatable",
-    )
+    add_model_arguments(parser)
     task = parser.add_argument_group("task")
     task.add_argument(
         "--context", "-c", metavar="FILE", help="file holding the context ('-' = stdin)"
@@ -80,42 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="root_prompt",
         help="the question shown to the root model",
     )
-    env = parser.add_argument_group("environment and limits")
-    env.add_argument("--environment", "-e", default="local", help="where code runs (local, ...)")
-    env.add_argument(
-        "--env-arg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="environment argument, e.g. timeout=30; repeatable",
-    )
-    env.add_argument("--max-depth", type=int, default=1)
-    env.add_argument("--max-iterations", type=int, default=30)
-    env.add_argument("--max-budget", type=float, help="USD over the whole recursion tree")
-    env.add_argument(
-        "--allow-unpriced-models",
-        action="store_true",
-        help="with --max-budget, count calls to models without a price as $0 instead of "
-        'refusing (or price it: --backend-arg prices=\'{"input": 1.25, "output": 10}\')',
-    )
-    env.add_argument("--max-timeout", type=float, help="seconds of wall time")
-    env.add_argument("--max-tokens", type=int)
-    env.add_argument("--max-subcalls", type=int)
-    env.add_argument("--max-errors", type=int, help="consecutive failing turns before stopping")
-    out = parser.add_argument_group("output")
-    out.add_argument("--log-dir", help="write the trajectory as JSON lines into this directory")
-    out.add_argument(
-        "--log-format",
-        choices=("rlm", "reference"),
-        default="rlm",
-        help="rlm (default) or reference: the reference implementation's format, for its "
-        "visualizer (`rlm replay` and `rlm view` read both)",
-    )
-    out.add_argument(
-        "--no-log-context",
-        action="store_true",
-        help="leave the context out of the log (smaller; `rlm replay --rerun` then cannot run)",
-    )
+    add_environment_arguments(parser)
+    out = add_log_arguments(parser)
     out.add_argument("--verbose", "-v", action="store_true", help="show the run on stderr (rich)")
 
 
@@ -123,7 +78,7 @@ def main(args: argparse.Namespace) -> int:
     redactor = Redactor()
     try:
         context = _read_context(args)
-        rlm = _build(args)
+        rlm = build_rlm(args)
     except ConfigurationError as exc:
         return _fail(redactor, exc, EXIT_USAGE)
     try:
@@ -152,84 +107,6 @@ def main(args: argparse.Namespace) -> int:
 def _fail(redactor: Redactor, exc: BaseException, code: int) -> int:
     print(redactor.text(f"rlm: error: {exc}"), file=sys.stderr)
     return code
-
-
-def _pairs(items: list[str], flag: str) -> dict[str, Any]:
-    """KEY=VALUE arguments as a dict; values that parse as JSON are JSON, others strings."""
-    result: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigurationError(f"{flag} expects KEY=VALUE, got {item!r}")
-        if is_sensitive_key(key):
-            raise ConfigurationError(
-                f"{flag} {key}=...: secrets are not accepted on the command line (other users "
-                "can read it); set the provider's environment variable instead, e.g. "
-                "OPENAI_API_KEY"
-            )
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        if Redactor(include_env=False).data(value) != value:  # a nested header, a sk-... value
-            raise ConfigurationError(
-                f"{flag} {key}=...: the value holds a secret; secrets are not accepted on the "
-                "command line, set the provider's environment variable instead"
-            )
-        result[key] = value
-    return result
-
-
-def _build(args: argparse.Namespace) -> Any:
-    from rlm.core.rlm import RLM
-    from rlm.logger.jsonl import RLMLogger
-
-    backend_kwargs = _pairs(args.backend_arg, "--backend-arg")
-    if args.model:
-        backend_kwargs["model_name"] = args.model
-    other_backends: list[str] = []
-    other_kwargs: list[dict[str, Any]] = []
-    if args.sub_backend or args.sub_model or args.sub_backend_arg:
-        sub_kwargs = _pairs(args.sub_backend_arg, "--sub-backend-arg")
-        if not args.sub_backend:  # same backend: start from the root's arguments
-            sub_kwargs = {**backend_kwargs, **sub_kwargs}
-        if args.sub_model:
-            sub_kwargs["model_name"] = args.sub_model
-        other_backends.append(args.sub_backend or args.backend)
-        other_kwargs.append(sub_kwargs)
-    observers = []
-    if args.verbose:
-        from rlm._optional import require
-        from rlm.logger.verbose import VerbosePrinter
-
-        require("rich", extra="rich")
-        from rich.console import Console
-
-        observers.append(VerbosePrinter(Console(stderr=True, highlight=False)))
-    logger = None
-    if args.log_dir:
-        logger = RLMLogger(
-            args.log_dir, log_context=not args.no_log_context, log_format=args.log_format
-        )
-    return RLM(
-        backend=args.backend,
-        backend_kwargs=backend_kwargs,
-        environment=args.environment,
-        environment_kwargs=_pairs(args.env_arg, "--env-arg"),
-        max_depth=args.max_depth,
-        max_iterations=args.max_iterations,
-        max_budget=args.max_budget,
-        allow_unpriced_models=args.allow_unpriced_models,
-        max_timeout=args.max_timeout,
-        max_tokens=args.max_tokens,
-        max_errors=args.max_errors,
-        max_subcalls=args.max_subcalls,
-        other_backends=other_backends,
-        other_backend_kwargs=other_kwargs,
-        logger=logger,
-        observers=observers,
-    )
 
 
 def _read_context(args: argparse.Namespace) -> Any:
