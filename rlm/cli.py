@@ -1,4 +1,4 @@
-"""The `rlm` command: `rlm run | replay | view | bench | demo`.
+"""The `rlm` command: `rlm run | replay | view | bench | demo | serve | mcp`.
 
 Each subcommand lives in its own module with `add_arguments(parser)` and `main(args) -> int`,
 imported only when that subcommand runs, so `rlm --help` stays fast and needs no SDK.
@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("rlm.bench.cli", "long-context benchmarks (S-NIAH, OOLONG, OOLONG-Pairs)"),
     "demo": ("rlm.commands.demo", "a complete RLM run over a generated long document"),
     "batch": ("rlm.commands.batch", "run a file of tasks, in process or on a Ray cluster"),
+    "serve": ("rlm.commands.serve", "an OpenAI-compatible HTTP endpoint in front of an RLM"),
+    "mcp": ("rlm.commands.mcp", "an MCP server (stdio) with an rlm_completion tool"),
 }
 
 
