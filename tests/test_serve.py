@@ -472,6 +472,34 @@ def test_a_client_that_disconnects_cancels_its_run(
     assert result.choices[0].message.content == "str:0"
 
 
+def test_sigterm_stops_the_server_and_its_runs(sim: ProviderSimulator, model: Model) -> None:
+    srv = start_server(sim, "--environment", "process")
+    question = "SLEEP until SIGTERM"
+    body = json.dumps({"model": "rlm", "messages": [{"role": "user", "content": question}]})
+    url = httpx.URL(srv.base_url)
+    with socket.create_connection((url.host, url.port)) as sock:
+        sock.sendall(
+            (
+                f"POST /v1/chat/completions HTTP/1.1\r\nHost: {url.host}\r\n"
+                f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+            ).encode()
+        )
+        _wait_for(lambda: model.root_turns.get(question), "the root turn")
+        sandboxes = _wait_for(srv.children, "a sandbox process")
+        srv.proc.terminate()
+        srv.proc.wait(timeout=60)
+    for pid in sandboxes:
+        _wait_for(lambda pid=pid: not _alive(pid), f"sandbox {pid} to end")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def _wait_for(check: Any, what: str, timeout: float = 60) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

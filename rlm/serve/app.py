@@ -86,7 +86,10 @@ class ChatServer:
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen on host:port (0 = any free port); returns the address actually bound."""
         self._slots = asyncio.Semaphore(self.config.max_runs)
-        runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
+        # At shutdown, runs get one second to finish before they are cancelled (and cleaned up).
+        runner = web.AppRunner(
+            self.app(), handler_cancellation=True, access_log=None, shutdown_timeout=1.0
+        )
         await runner.setup()
         self._runner = runner
         site = web.TCPSite(runner, host, port)
