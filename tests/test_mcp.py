@@ -24,6 +24,8 @@ def reply(request: SimRequest) -> str:
     first = request.messages[0]["content"]
     if "Answer the following query" not in first:
         return "SUB:" + str(len(request.messages[-1]["content"]))
+    if "SLEEP" in first:
+        return "```repl\nimport time\ntime.sleep(600)\n```"
     # The cell writes to fd 1 of the server process: it must not corrupt the protocol stream.
     return (
         "```repl\nimport os\nos.write(1, b'noise on fd 1\\n')\nr = llm_query(context[:10])\n"
@@ -38,7 +40,10 @@ def sim() -> Iterator[ProviderSimulator]:
 
 
 def with_session(
-    sim: ProviderSimulator, allow_dir: Path, body: Callable[[ClientSession], Awaitable[Any]]
+    sim: ProviderSimulator,
+    allow_dir: Path,
+    body: Callable[[ClientSession], Awaitable[Any]],
+    *extra: str,
 ) -> Any:
     params = StdioServerParameters(
         command=sys.executable,
@@ -54,6 +59,7 @@ def with_session(
             str(allow_dir),
             "--max-context-chars",
             "50000",
+            *extra,
         ],
         env={"OPENAI_API_KEY": "sk-simulated", "PYTHONPATH": str(ROOT), "PATH": os.environ["PATH"]},
     )
@@ -127,3 +133,54 @@ def test_context_path_within_and_outside_the_allowed_dirs(
         assert refused.is_error and "outside the directories" in texts(refused)[0]
     assert neither.is_error and "exactly one of" in texts(neither)[0]
     assert too_big.is_error and "at most 50000" in texts(too_big)[0]
+
+
+def test_a_cancelled_call_stops_its_run_and_sandbox(sim: ProviderSimulator, tmp_path: Path) -> None:
+    async def body(session: ClientSession) -> tuple[set[int], set[int]]:
+        call = asyncio.ensure_future(
+            session.call_tool("rlm_completion", {"question": "SLEEP", "context": "c"})
+        )
+        sandboxes = await _until(lambda: _children(_server_pid()), "a sandbox process")
+        call.cancel()  # the client abandons the call: the SDK sends notifications/cancelled
+        await asyncio.gather(call, return_exceptions=True)
+        await _until(lambda: not (_children(_server_pid()) & sandboxes), "the sandbox to end")
+        # The server goes on serving.
+        after = await session.call_tool("rlm_completion", {"question": "q", "context": "abc"})
+        assert texts(after)[0] == "3 chars, SUB:3"
+        return sandboxes, _children(_server_pid())
+
+    sandboxes, left = with_session(sim, tmp_path, body, "--environment", "process")
+    assert sandboxes and not (left & sandboxes)
+
+
+def _server_pid() -> int:
+    (pid,) = [
+        p
+        for p in _children(os.getpid())
+        if b"rlm.cli\x00mcp" in Path(f"/proc/{p}/cmdline").read_bytes()
+    ]
+    return pid
+
+
+def _children(parent: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent and fields[0] != "Z":
+                found.add(int(entry.name))
+    return found
+
+
+async def _until(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        value = check()
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
