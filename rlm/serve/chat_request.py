@@ -65,6 +65,7 @@ NEUTRAL_FIELDS: dict[str, tuple[Any, ...]] = {
     "prediction": (None,),
     "modalities": (None, ["text"]),
     "web_search_options": (None,),
+    "response_format": (None, {"type": "text"}),
 }
 
 # RLM setting -> (kind, minimum); ints must be >= minimum, numbers > 0.
