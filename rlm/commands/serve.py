@@ -79,9 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from rlm.core.aio import run_sync
-    from rlm.serve.app import ChatServer
 
     try:
+        from rlm.serve.app import ChatServer  # needs the serve extra
+
         config = _config(args)
         rlm = build_rlm(args)
     except ConfigurationError as exc:
