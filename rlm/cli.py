@@ -1,4 +1,4 @@
-"""The `rlm` command: `rlm run | replay | view | bench | demo | serve | mcp`.
+"""The `rlm` command: `rlm run | replay | view | bench | demo | batch | serve | mcp`.
 
 Each subcommand lives in its own module with `add_arguments(parser)` and `main(args) -> int`,
 imported only when that subcommand runs, so `rlm --help` stays fast and needs no SDK.
