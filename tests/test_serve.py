@@ -508,3 +508,20 @@ def _wait_for(check: Any, what: str, timeout: float = 60) -> Any:
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_failed_run_is_502_plain_and_an_error_event_streamed(
+    server: Server, sim: ProviderSimulator
+) -> None:
+    client = server.client()
+    sim.fail_next("400")  # the provider refuses the root turn: the run cannot answer
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model="rlm", messages=[{"role": "user", "content": "x"}])
+    assert caught.value.status_code == 502
+    assert caught.value.body["code"] == "rlm_run_failed"  # type: ignore[index]
+    sim.fail_next("400")
+    stream = client.chat.completions.create(
+        model="rlm", messages=[{"role": "user", "content": "y"}], stream=True
+    )
+    with pytest.raises(openai.APIError, match="the RLM run failed"):
+        list(stream)

@@ -134,6 +134,11 @@ class ChatServer:
             return _error(404, f"no route {request.path}", code="not_found")
         except web.HTTPMethodNotAllowed:
             return _error(405, f"{request.method} is not allowed on {request.path}")
+        except web.HTTPException:
+            raise
+        except Exception as exc:  # a bug of ours: say so in OpenAI's shape, log the details
+            self.log(f"internal error on {request.path}: {type(exc).__name__}: {exc}")
+            return _error(500, "internal server error (see the server's log)")
 
     def _too_large(self) -> web.Response:
         return _error(
@@ -301,6 +306,14 @@ class ChatServer:
                 completion = task.result()
             except RequestError as exc:
                 await response.write(_sse(exc.body()))
+                await response.write(b"data: [DONE]\n\n")
+                return response
+            except Exception as exc:
+                self.log(f"{request_id}: internal error: {type(exc).__name__}: {exc}")
+                body = error_body(
+                    "internal server error (see the server's log)", kind="server_error"
+                )
+                await response.write(_sse(body))
                 await response.write(b"data: [DONE]\n\n")
                 return response
             await response.write(delta({"content": self._answer(completion)}))
