@@ -24,7 +24,7 @@ import io
 import sys
 from typing import Any, TextIO
 
-from rlm.commands.run import _pairs
+from rlm.commands import rlm_options
 from rlm.errors import ConfigurationError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -58,25 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--log-dir", help="one trajectory per task in this directory")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress line")
-    model = parser.add_argument_group("models (as in `rlm run`)")
-    model.add_argument("--backend", default="openai")
-    model.add_argument("--model", help="root model name (the backend's model_name)")
-    model.add_argument("--backend-arg", action="append", default=[], metavar="KEY=VALUE")
-    model.add_argument("--sub-backend")
-    model.add_argument("--sub-model")
-    model.add_argument("--sub-backend-arg", action="append", default=[], metavar="KEY=VALUE")
-    env = parser.add_argument_group("environment and limits")
-    env.add_argument("--environment", "-e", default="local")
-    env.add_argument("--env-arg", action="append", default=[], metavar="KEY=VALUE")
-    env.add_argument("--max-depth", type=int, default=1)
-    env.add_argument("--max-iterations", type=int, default=30)
-    env.add_argument("--max-budget", type=float, help="USD over the whole batch (one ledger)")
-    env.add_argument("--max-tokens", type=int, help="tokens over the whole batch")
-    env.add_argument("--task-max-budget", type=float, help="USD per task")
-    env.add_argument("--task-max-tokens", type=int, help="tokens per task")
-    env.add_argument("--max-timeout", type=float, help="seconds per task")
-    env.add_argument("--max-subcalls", type=int, help="sub-calls per task")
-    env.add_argument("--max-errors", type=int)
+    rlm_options.add_model_arguments(parser)
+    rlm_options.add_environment_arguments(parser, scope="the whole batch (one ledger)")
+    limits = parser.add_argument_group("per-task limits")
+    limits.add_argument("--task-max-budget", type=float, help="USD per task")
+    limits.add_argument("--task-max-tokens", type=int, help="tokens per task")
     ray = parser.add_argument_group("ray")
     ray.add_argument("--ray", action="store_true", help="run the tasks in Ray actors")
     ray.add_argument("--ray-address", help="join this Ray cluster (implies --ray)")
@@ -93,31 +79,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The batch's `RLMSpec` from the command line (the same flags as `rlm run`)."""
-    backend_kwargs = _pairs(args.backend_arg, "--backend-arg")
-    if args.model:
-        backend_kwargs["model_name"] = args.model
-    spec: dict[str, Any] = {
-        "backend": args.backend,
-        "backend_kwargs": backend_kwargs,
-        "environment": args.environment,
-        "environment_kwargs": _pairs(args.env_arg, "--env-arg"),
-        "max_depth": args.max_depth,
-        "max_iterations": args.max_iterations,
-        "max_budget": args.task_max_budget,
-        "max_tokens": args.task_max_tokens,
-        "max_timeout": args.max_timeout,
-        "max_subcalls": args.max_subcalls,
-        "max_errors": args.max_errors,
-    }
-    if args.sub_backend or args.sub_model or args.sub_backend_arg:
-        sub_kwargs = _pairs(args.sub_backend_arg, "--sub-backend-arg")
-        if not args.sub_backend:
-            sub_kwargs = {**backend_kwargs, **sub_kwargs}
-        if args.sub_model:
-            sub_kwargs["model_name"] = args.sub_model
-        spec["other_backends"] = [args.sub_backend or args.backend]
-        spec["other_backend_kwargs"] = [sub_kwargs]
+    """The batch's `RLMSpec`: `rlm run`'s settings, with --max-budget / --max-tokens moved to
+    the batch's ledger and the --task-* limits bounding each task."""
+    spec = rlm_options.rlm_settings(args)
+    spec["max_budget"] = args.task_max_budget
+    spec["max_tokens"] = args.task_max_tokens
     return spec
 
 

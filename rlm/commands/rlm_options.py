@@ -1,5 +1,5 @@
 """The model, environment and limit options shared by the commands that build an `RLM`
-(`rlm run`, `rlm serve`, `rlm mcp`), and their mapping to `RLM(...)` arguments.
+(`rlm run`, `rlm serve`, `rlm mcp`, `rlm batch`), and their mapping to `RLM(...)` arguments.
 
 One definition, so every command spells a flag the same way and builds the same RLM from it.
 API keys are read from the environment only: there is no flag for them, since command lines are
@@ -38,7 +38,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_environment_arguments(parser: argparse.ArgumentParser) -> None:
+def add_environment_arguments(
+    parser: argparse.ArgumentParser, scope: str = "the whole recursion tree"
+) -> None:
+    """`scope` says what --max-budget and --max-tokens bound (a batch: the whole batch)."""
     env = parser.add_argument_group("environment and limits")
     env.add_argument("--environment", "-e", default="local", help="where code runs (local, ...)")
     env.add_argument(
@@ -50,7 +53,7 @@ def add_environment_arguments(parser: argparse.ArgumentParser) -> None:
     )
     env.add_argument("--max-depth", type=int, default=1)
     env.add_argument("--max-iterations", type=int, default=30)
-    env.add_argument("--max-budget", type=float, help="USD over the whole recursion tree")
+    env.add_argument("--max-budget", type=float, help=f"USD over {scope}")
     env.add_argument(
         "--allow-unpriced-models",
         action="store_true",
@@ -58,7 +61,7 @@ def add_environment_arguments(parser: argparse.ArgumentParser) -> None:
         'refusing (or price it: --backend-arg prices=\'{"input": 1.25, "output": 10}\')',
     )
     env.add_argument("--max-timeout", type=float, help="seconds of wall time")
-    env.add_argument("--max-tokens", type=int)
+    env.add_argument("--max-tokens", type=int, help=f"tokens over {scope}")
     env.add_argument("--max-subcalls", type=int)
     env.add_argument("--max-errors", type=int, help="consecutive failing turns before stopping")
 
@@ -110,12 +113,9 @@ def pairs(items: list[str], flag: str) -> dict[str, Any]:
     return result
 
 
-def build_rlm(args: argparse.Namespace, *, observers: list[Any] | None = None) -> Any:
-    """The `RLM` the parsed options describe. `args.verbose` (when the command has it) adds the
-    rich console on stderr; `args.log_dir` adds a JSON-lines logger (one file per run)."""
-    from rlm.core.rlm import RLM
-    from rlm.logger.jsonl import RLMLogger
-
+def rlm_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The `RLM(...)` arguments the parsed options describe that are plain data (no observers,
+    no logger): what a Ray worker on another machine needs to build the same `RLM`."""
     backend_kwargs = pairs(args.backend_arg, "--backend-arg")
     if args.model:
         backend_kwargs["model_name"] = args.model
@@ -129,6 +129,31 @@ def build_rlm(args: argparse.Namespace, *, observers: list[Any] | None = None) -
             sub_kwargs["model_name"] = args.sub_model
         other_backends.append(args.sub_backend or args.backend)
         other_kwargs.append(sub_kwargs)
+    return {
+        "backend": args.backend,
+        "backend_kwargs": backend_kwargs,
+        "environment": args.environment,
+        "environment_kwargs": pairs(args.env_arg, "--env-arg"),
+        "max_depth": args.max_depth,
+        "max_iterations": args.max_iterations,
+        "max_budget": args.max_budget,
+        "max_timeout": args.max_timeout,
+        "max_tokens": args.max_tokens,
+        "max_errors": args.max_errors,
+        "max_subcalls": args.max_subcalls,
+        "allow_unpriced_models": args.allow_unpriced_models,
+        "other_backends": other_backends,
+        "other_backend_kwargs": other_kwargs,
+    }
+
+
+def build_rlm(args: argparse.Namespace, *, observers: list[Any] | None = None) -> Any:
+    """The `RLM` the parsed options describe. `args.verbose` (when the command has it) adds the
+    rich console on stderr; `args.log_dir` adds a JSON-lines logger (one file per run)."""
+    from rlm.core.rlm import RLM
+    from rlm.logger.jsonl import RLMLogger
+
+    settings = rlm_settings(args)
     observer_list = list(observers or [])
     if getattr(args, "verbose", False):
         from rlm._optional import require
@@ -143,21 +168,4 @@ def build_rlm(args: argparse.Namespace, *, observers: list[Any] | None = None) -
         logger = RLMLogger(
             args.log_dir, log_context=not args.no_log_context, log_format=args.log_format
         )
-    return RLM(
-        backend=args.backend,
-        backend_kwargs=backend_kwargs,
-        environment=args.environment,
-        environment_kwargs=pairs(args.env_arg, "--env-arg"),
-        max_depth=args.max_depth,
-        max_iterations=args.max_iterations,
-        max_budget=args.max_budget,
-        max_timeout=args.max_timeout,
-        max_tokens=args.max_tokens,
-        max_errors=args.max_errors,
-        max_subcalls=args.max_subcalls,
-        allow_unpriced_models=args.allow_unpriced_models,
-        other_backends=other_backends,
-        other_backend_kwargs=other_kwargs,
-        logger=logger,
-        observers=observer_list,
-    )
+    return RLM(**settings, logger=logger, observers=observer_list)

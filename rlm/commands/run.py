@@ -30,7 +30,6 @@ from rlm.commands.rlm_options import (
     add_model_arguments,
     build_rlm,
 )
-from rlm.commands.rlm_options import pairs as _pairs  # noqa: F401  (rlm batch imports it here)
 from rlm.errors import ConfigurationError, RLMError
 from rlm.logger.redact import Redactor
 
