@@ -477,17 +477,28 @@ class IsolatedEnv(BaseEnv):
         if self._transport is not None:
             self._transport.kill()
 
-    def _request(self, message: dict[str, Any], deadline: float | None) -> dict[str, Any]:
-        """Send one control message and wait for its reply (by seq) until `deadline`."""
+    def _request(
+        self, message: dict[str, Any], deadline: float | None, grace: float = 0.0
+    ) -> dict[str, Any]:
+        """Send one control message and wait for its reply (by seq) until `deadline`.
+
+        A reply still arriving at the deadline (frames keep coming) may take up to `grace`
+        seconds more, never longer: the sandbox writes the frames that signal progress, so
+        they can only let a transfer finish, never move the hard limit (`deadline + grace`).
+        """
         seq = next(self._seq)
         message["seq"] = seq
         self._send(message)
+        # The hard limit: whatever the sandbox sends (progress frames, blob chunks), no wait
+        # for this reply lasts past it.
+        hard = None if deadline is None else deadline + grace
         while True:
             wait = None if deadline is None else deadline - time.monotonic()
             if wait is not None and wait <= 0:
-                if time.monotonic() - self._progress < _PROGRESS_WINDOW:
+                now = time.monotonic()
+                if hard is not None and now < hard and now - self._progress < _PROGRESS_WINDOW:
                     # A large reply is still arriving: the cell itself ended in time.
-                    deadline = time.monotonic() + _PROGRESS_WINDOW
+                    deadline = min(now + _PROGRESS_WINDOW, hard)
                     continue
                 raise TimeoutError
             try:
@@ -571,7 +582,9 @@ class IsolatedEnv(BaseEnv):
                 message.update(path=staged, format=fmt, remove=remove)
             del data
             try:
-                reply = self._request(message, time.monotonic() + _LOAD_TIMEOUT)
+                reply = self._request(
+                    message, time.monotonic() + _LOAD_TIMEOUT, grace=_LOAD_TIMEOUT
+                )
             except TimeoutError:
                 reason = f"the sandbox did not load the {kind} within {_LOAD_TIMEOUT:g}s"
                 self._die(reason)
@@ -606,11 +619,12 @@ class IsolatedEnv(BaseEnv):
                 "capture_chars": self.capture_chars,
             }
             try:
-                reply = self._request(message, deadline)
+                reply = self._request(message, deadline, grace=self.kill_grace)
             except TimeoutError:
                 reason = (
                     f"the cell did not stop within its timeout ({self.timeout:g}s) plus "
-                    f"{self.kill_grace:g}s; the sandbox was killed and its state is lost"
+                    f"kill_grace ({self.kill_grace:g}s); the sandbox was killed and its state "
+                    "is lost"
                 )
                 self._die(reason)
                 raise SandboxError(reason) from None
