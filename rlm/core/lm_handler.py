@@ -54,6 +54,10 @@ RecordCallback = Callable[[SubcallRecord], None]
 CallKind = Literal["root", "llm", "rlm"]
 
 HELLO_MAX_BYTES = 4096  # a hello is ~100 bytes; nothing large is read before authentication
+# A connection still waiting for its hello this long may be dropped to make room for a new one
+# once `max_pending_hellos` are waiting: an honest client says hello within milliseconds, so
+# idle connections (a flood of them) give way and new clients are still served.
+HELLO_EVICT_AGE = 0.5
 # Sub-call records (logs, UIs, replay) keep this much of each prompt: enough to read and to
 # match on replay, without holding every large prompt twice in memory.
 RECORD_PROMPT_CHARS = 10_000
@@ -131,6 +135,7 @@ class _Conn:
         self.tasks: set[asyncio.Task[None]] = set()
         self.write_lock = asyncio.Lock()
         self.slots = asyncio.Semaphore(max_in_flight)
+        self.opened = time.monotonic()
 
     def request_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
@@ -294,10 +299,16 @@ class LMHandler:
         hello_timeout: float = 10.0,
         max_connections: int = 1024,
         max_in_flight: int = 256,
+        max_session_connections: int = 64,
+        max_pending_hellos: int = 128,
         cache: SubcallCache | None = None,
     ) -> None:
-        if max_connections < 1 or max_in_flight < 1:
-            raise ConfigurationError("max_connections and max_in_flight must be >= 1")
+        limits = (max_connections, max_in_flight, max_session_connections, max_pending_hellos)
+        if min(limits) < 1:
+            raise ConfigurationError(
+                "max_connections, max_in_flight, max_session_connections and "
+                "max_pending_hellos must be >= 1"
+            )
         self.router = Router(client, others=other_clients, by_depth=depth_clients)
         self.cache = cache  # the sub-call cache (rlm.core.cache), None when off
         self.host = host
@@ -306,12 +317,15 @@ class LMHandler:
         self.hello_timeout = hello_timeout
         self.max_connections = max_connections
         self.max_in_flight = max_in_flight
+        self.max_session_connections = max_session_connections
+        self.max_pending_hellos = max_pending_hellos
         self.address: tuple[str, int] | None = None
         self._server: asyncio.Server | None = None
         self._start_lock = asyncio.Lock()
         self._sessions: set[Session] = set()
         self._sessions_lock = threading.Lock()
         self._conns: set[_Conn] = set()  # touched on the loop thread only
+        self._pending: dict[_Conn, None] = {}  # no hello yet, oldest first (loop thread only)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -360,6 +374,7 @@ class LMHandler:
         for conn in list(self._conns):
             tasks.extend(conn.abort())
         self._conns.clear()
+        self._pending.clear()
         return tasks
 
     @property
@@ -568,12 +583,30 @@ class LMHandler:
 
     # -- connections -------------------------------------------------------------------------
 
+    def _admit(self) -> None:
+        """Make room for one more connection awaiting its hello. Past `max_pending_hellos`,
+        connections idle longer than `HELLO_EVICT_AGE` give way, oldest first; past four
+        times that, the oldest gives way whatever its age. The newcomer is always admitted:
+        an honest client's hello follows its connect at once, so a flood of idle connections
+        can delay it but not lock it out, and never holds more than that many sockets."""
+        now = time.monotonic()
+        while len(self._pending) >= self.max_pending_hellos:
+            oldest = next(iter(self._pending))
+            young = now - oldest.opened < HELLO_EVICT_AGE
+            if young and len(self._pending) < 4 * self.max_pending_hellos:
+                break
+            del self._pending[oldest]
+            self._conns.discard(oldest)
+            oldest.abort()
+
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._server is None or len(self._conns) >= self.max_connections:
+        if self._server is None:
             writer.transport.abort()
             return
+        self._admit()
         conn = _Conn(reader, writer, asyncio.current_task(), self.max_in_flight)
         self._conns.add(conn)
+        self._pending[conn] = None
         try:
             await self._serve_connection(conn)
         except asyncio.CancelledError:
@@ -584,6 +617,7 @@ class LMHandler:
             logger.exception("unexpected error on an LMHandler connection")
         finally:
             self._conns.discard(conn)
+            self._pending.pop(conn, None)
             for task in list(conn.tasks):
                 task.cancel()
             if writer.transport.get_write_buffer_size():
@@ -620,9 +654,14 @@ class LMHandler:
         except ProtocolError as exc:
             reason = f"unreadable hello frame: {exc}"
         else:
+            self._pending.pop(conn, None)
             if hello is None:
                 return None
             session, reason = self._authenticate(hello)
+            if session is not None:
+                reason = self._over_connection_caps(session)
+                if reason:
+                    session = None
             if session is not None:
                 await self._send(
                     conn,
@@ -637,6 +676,15 @@ class LMHandler:
         error = {"type": AuthenticationError.__name__, "message": reason}
         await self._send_quietly(conn, {"type": "error", "id": None, "error": error})
         return None
+
+    def _over_connection_caps(self, session: Session) -> str:
+        """Why one more authenticated connection of `session` is refused, or ""."""
+        authenticated = [c for c in self._conns if c.session is not None]
+        if len(authenticated) >= self.max_connections:
+            return f"the LMHandler serves at most {self.max_connections} connections"
+        if sum(c.session is session for c in authenticated) >= self.max_session_connections:
+            return f"a session may hold at most {self.max_session_connections} connections"
+        return ""
 
     def _authenticate(self, hello: Mapping[str, Any]) -> tuple[Session | None, str]:
         if hello.get("type") != "hello":

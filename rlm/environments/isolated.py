@@ -43,6 +43,7 @@ from typing import Any, ClassVar
 from rlm.core.types import Message, REPLResult
 from rlm.environments.base import BaseEnv
 from rlm.errors import (
+    AuthenticationError,
     ConfigurationError,
     ContextLoadError,
     ProtocolError,
@@ -394,7 +395,7 @@ class IsolatedEnv(BaseEnv):
                     self._conn.close()
                 endpoint = self.handler
                 assert endpoint is not None
-                self._conn = Connection.connect(endpoint.host, endpoint.port, endpoint.token)
+                self._conn = _connect_with_retries(endpoint.host, endpoint.port, endpoint.token)
             return self._conn
 
     def _relay(self, message: dict[str, Any]) -> None:
@@ -682,6 +683,24 @@ class IsolatedEnv(BaseEnv):
         else:
             for path in self._paths:
                 shutil.rmtree(path, ignore_errors=True)
+
+
+_CONNECT_ATTEMPTS = 5
+
+
+def _connect_with_retries(host: str, port: int, token: str) -> Connection:
+    """The relay's connection to the LMHandler. A connection dropped before its hello was
+    answered (the handler sheds idle connections when flooded) is tried again; a refused
+    token is not."""
+    for attempt in range(1, _CONNECT_ATTEMPTS + 1):
+        try:
+            return Connection.connect(host, port, token)
+        except (OSError, ProtocolError) as exc:
+            refused = isinstance(exc, AuthenticationError) and "refused" in str(exc)
+            if refused or attempt == _CONNECT_ATTEMPTS:
+                raise
+            time.sleep(0.1 * attempt)
+    raise AssertionError("unreachable")
 
 
 def scrubbed_env(
