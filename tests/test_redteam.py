@@ -155,3 +155,64 @@ def test_one_session_cannot_take_every_connection(handler: LMHandler) -> None:
     finally:
         for conn in held:
             conn.close()
+
+
+# ------------------------------------------- 4: decoding sandbox data costs the host little
+
+AMPLIFY = FIND_CHANNEL + (
+    "import json\n"
+    "text = ('{\"x\":[' + '[],' * 13_000_000 + '[]]}').encode()\n"
+    "put(struct.pack('>I', len(text) | 0x80000000) + text)\n"
+    "marker = json.dumps({'type': '$json'}).encode()\n"
+    "put(struct.pack('>I', len(marker)) + marker)\n"
+    "time.sleep(30)\n"
+)
+
+
+def _host_peak_rss_reset() -> None:
+    with open("/proc/self/clear_refs", "w") as f:  # "5": reset the peak RSS (VmHWM)
+        f.write("5")
+
+
+def _host_peak_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs clear_refs")
+def test_a_json_blob_of_empty_lists_does_not_amplify_into_host_memory(
+    sandbox: IsolatedEnv,
+) -> None:
+    """40 MB of `[],` as a `$json` message once cost the host 1 GB of RSS. Now it is refused
+    before parsing: the sandbox broke the protocol and is killed; the host's peak RSS grows by
+    a small multiple of the bytes, not by the 25x the values would take."""
+    before = _rss()
+    _host_peak_rss_reset()
+    with pytest.raises(SandboxError) as refused:
+        sandbox.execute(AMPLIFY)
+    growth = _host_peak_rss() - before
+    assert growth < 250 * 2**20, f"host peak RSS grew by {growth / 2**20:.0f} MiB"
+    assert "JSON values" in str(refused.value)
+
+
+def test_a_frame_of_empty_lists_is_refused_before_parsing() -> None:
+    """The same bound holds for every frame (LMHandler requests included)."""
+    from rlm.errors import ProtocolError
+    from rlm.runtime.protocol import MAX_JSON_VALUES, decode_payload
+
+    body = b'{"x":[' + b"[]," * MAX_JSON_VALUES + b"[]]}"
+    with pytest.raises(ProtocolError, match="JSON values"):
+        decode_payload(body)
+    fine = b'{"x":[' + b"1," * 1000 + b"1]}"
+    assert len(decode_payload(fine)["x"]) == 1001

@@ -59,16 +59,50 @@ def encode_frame(obj: dict[str, Any], max_frame_bytes: int = MAX_FRAME_BYTES) ->
     return HEADER.pack(len(data)) + data
 
 
+# What parsing one message may cost, counted before it is parsed. A JSON value costs its
+# reader far more than its bytes: `[],` is 3 bytes and a 56-byte list, so a 40 MB text of
+# them would take a gigabyte. Every value but the first in a container follows a "," (or a
+# ":" in an object), and every container opens with "[" or "{" (weighted twice: the
+# container and its first value), so this count bounds the number of values parsed.
+MAX_JSON_VALUES = 2_000_000
+
+
+def json_value_bound(text: str | bytes) -> int:
+    """An upper bound on the number of values parsing `text` would create (see above)."""
+    if isinstance(text, str):
+        return (
+            2 * (text.count("[") + text.count("{")) + text.count(",") + text.count(":") + 1
+        )
+    return 2 * (text.count(b"[") + text.count(b"{")) + text.count(b",") + text.count(b":") + 1
+
+
+def check_json_cost(text: str | bytes, max_values: int = MAX_JSON_VALUES) -> None:
+    """ProtocolError if parsing `text` could create more than `max_values` values, before
+    anything is parsed (brackets and commas inside strings count too: the bound is safe)."""
+    if len(text) // 2 < max_values:  # at least 2 bytes per counted value: fast path
+        return
+    bound = json_value_bound(text)
+    if bound > max_values:
+        raise ProtocolError(
+            f"message holds up to {bound} JSON values, over the cap of {max_values} "
+            "(parsing it would cost far more memory than its size)"
+        )
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
 def decode_payload(data: bytes | bytearray | memoryview) -> dict[str, Any]:
-    """Parse one frame body: strict UTF-8, strict JSON, a top-level object."""
+    """Parse one frame body: strict UTF-8, strict JSON, a top-level object, a bounded number
+    of values (`check_json_cost`)."""
+    raw = bytes(data)
+    check_json_cost(raw)
     try:
-        text = bytes(data).decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ProtocolError(f"frame is not valid UTF-8 (byte {exc.start})") from None
+    del raw
     try:
         obj = json.loads(text, parse_constant=_reject_constant)
     except RecursionError:

@@ -65,6 +65,7 @@ from .protocol import (
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     PendingRequests,
+    check_json_cost,
     decode_payload,
     encode_frame,
 )
@@ -105,7 +106,9 @@ def _reject_constant(name: str) -> Any:
 
 
 def decode_json_text(text: str) -> dict[str, Any]:
-    """Strict JSON object from text (NaN/Infinity, deep nesting and huge ints rejected)."""
+    """Strict JSON object from text (NaN/Infinity, deep nesting, huge ints and more values
+    than `MAX_JSON_VALUES` rejected)."""
+    check_json_cost(text)
     try:
         obj = json.loads(text, parse_constant=_reject_constant)
     except RecursionError:
