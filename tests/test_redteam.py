@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sandbox_kinds import require_kind
+from sandbox_kinds import DAEMON, require_kind
 
 from rlm.clients.base import BaseLM
 from rlm.core.lm_handler import LMHandler
@@ -216,3 +216,160 @@ def test_a_frame_of_empty_lists_is_refused_before_parsing() -> None:
         decode_payload(body)
     fine = b'{"x":[' + b"1," * 1000 + b"1]}"
     assert len(decode_payload(fine)["x"]) == 1001
+
+
+# ------------------------------------ 1: nothing a cell starts outlives its cell or close()
+
+# The daemon of sandbox_kinds.DAEMON, after clearing the worker's child-subreaper flag, so that
+# the orphan goes to init: outside the worker's process group and outside its tree.
+ESCAPING_DAEMON = (
+    "import ctypes\n"
+    "assert ctypes.CDLL(None).prctl(36, 0, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER off\n"
+) + DAEMON
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[-1].split()[0] not in (b"Z", b"X")
+    except OSError:
+        return False
+
+
+def test_a_daemon_that_cleared_the_subreaper_flag_dies_with_its_cell(
+    sandbox: IsolatedEnv,
+) -> None:
+    result = sandbox.execute(ESCAPING_DAEMON)
+    assert result.error is None, result.stderr
+    assert "process(es) the cell left running were killed" in result.stderr
+    check = sandbox.execute(
+        "import os\nprint(os.path.exists(f'/proc/{dm_pid}') and "
+        "open(f'/proc/{dm_pid}/stat').read().split(')')[-1].split()[0] not in 'ZX')"
+    )
+    assert check.stdout == "False\n", check.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox's cgroup needs a root host")
+def test_nothing_a_cell_started_is_alive_after_close() -> None:
+    """A daemon started while the cell is still running (the cell never ends before
+    close()), after the subreaper flag was cleared: close() kills it with the cgroup."""
+    from rlm.environments.process import ProcessREPL
+
+    env = ProcessREPL(timeout=30)
+    try:
+        result = env.execute(ESCAPING_DAEMON + "import threading\n")
+        assert result.error is None
+        # A second daemon, started from a thread that outlives the cell.
+        started = env.execute(
+            "import subprocess, sys, threading\n"
+            "box = []\n"
+            "def later():\n"
+            "    p = subprocess.Popen([sys.executable, '-c', dm_code], stdout=subprocess.PIPE)\n"
+            "    box.append(int(p.stdout.readline()))\n"
+            "t = threading.Thread(target=later)\n"
+            "t.start(); t.join()\n"
+            "print(box[0])\n"
+        )
+        assert started.error is None, started.stderr
+        late = int(started.stdout)
+    finally:
+        env.cleanup()
+    assert not pid_alive(late)
+    assert env.confinement["cgroup"] and "unavailable" not in str(env.confinement["cgroup"])
+
+
+# ------------------------------------------------------------ 2: a uid per live sandbox
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a uid per sandbox needs a root host")
+def test_concurrent_sandboxes_cannot_read_or_signal_each_other() -> None:
+    from rlm.environments.process import ProcessREPL
+
+    envs = [ProcessREPL(timeout=30) for _ in range(3)]
+    try:
+        uids = [env.worker_info["uid"] for env in envs]
+        assert len(set(uids)) == 3 and 0 not in uids
+        for env, other in zip(envs, envs[1:] + envs[:1], strict=True):
+            target = other.worker_info["pid"]
+            probe = env.execute(
+                "import os, signal\n"
+                "outcome = []\n"
+                f"for path in ('/proc/{target}/mem', '/proc/{target}/environ'):\n"
+                "    try:\n"
+                "        open(path, 'rb').read(1)\n"
+                "        outcome.append('read')\n"
+                "    except PermissionError:\n"
+                "        outcome.append('denied')\n"
+                "try:\n"
+                f"    os.kill({target}, signal.SIGCONT)\n"
+                "    outcome.append('signalled')\n"
+                "except PermissionError:\n"
+                "    outcome.append('denied')\n"
+                "print(outcome)\n"
+            )
+            assert probe.stdout == "['denied', 'denied', 'denied']\n", probe.stderr
+    finally:
+        for env in envs:
+            env.cleanup()
+
+
+# ----------------------------------- 5: memory bounds the sandbox; shared memory is removed
+
+CHILDREN_400MB = (
+    "import subprocess, sys, time\n"
+    "code = \"b = bytearray(b'x') * (400 * 2**20)\\nprint('ok', flush=True)\\n"
+    "import time\\ntime.sleep(120)\"\n"
+    "kids = []\n"
+    "for _ in range(3):\n"
+    "    p = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE)\n"
+    "    p.stdout.readline()\n"
+    "    kids.append(p)\n"
+    "time.sleep(1)\n"
+    "print(sum(p.poll() is None for p in kids))\n"
+)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox's cgroup needs a root host")
+def test_memory_mb_bounds_the_sandbox_not_each_process() -> None:
+    """Three children of 400 MB each under memory_mb=512 (each fits its own RLIMIT_AS): the
+    sandbox as a whole may hold memory_mb + 256 MiB, so at most one stays resident."""
+    from rlm.environments.process import ProcessREPL
+
+    env = ProcessREPL(timeout=60, memory_mb=512)
+    try:
+        result = env.execute(CHILDREN_400MB)
+        assert result.error is None, result.stderr
+        assert int(result.stdout) <= 1
+        assert env.execute("print(1)").stdout == "1\n"  # the worker itself lives on
+    finally:
+        env.cleanup()
+
+
+SHARED_MEMORY = (
+    "import ctypes, os\n"
+    "with open('/dev/shm/rlm-redteam', 'wb') as f:\n"
+    "    f.write(b'x' * (32 * 2**20))\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "shm_id = libc.shmget(0, 16 * 2**20, 0o1000 | 0o600)  # IPC_PRIVATE, IPC_CREAT\n"
+    "assert shm_id >= 0, ctypes.get_errno()\n"
+    "print(shm_id)\n"
+)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a uid per sandbox needs a root host")
+def test_shared_memory_does_not_outlive_the_sandbox() -> None:
+    from rlm.environments.process import ProcessREPL
+
+    env = ProcessREPL(timeout=30)
+    try:
+        result = env.execute(SHARED_MEMORY)
+        assert result.error is None, result.stderr
+        shm_id = int(result.stdout)
+        uid = env.worker_info["uid"]
+        assert os.stat("/dev/shm/rlm-redteam").st_uid == uid
+    finally:
+        env.cleanup()
+    assert not os.path.exists("/dev/shm/rlm-redteam")
+    with open("/proc/sysvipc/shm") as f:
+        ids = [line.split()[1] for line in f.read().splitlines()[1:]]
+    assert str(shm_id) not in ids

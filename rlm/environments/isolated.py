@@ -218,6 +218,9 @@ class IsolatedEnv(BaseEnv):
     default_max_processes: ClassVar[int | None] = None
     default_start_timeout: ClassVar[float] = 60.0
     base64_lines: ClassVar[bool] = False  # True: the transport carries text lines only
+    # The kernel boundary the worker may use to find what its cells left running: "cgroup"
+    # (a cgroup of the sandbox's own), "pidns" (a PID namespace of its own), or None.
+    reaper_scope: str | None = None
 
     def __init__(self, **kwargs: Any) -> None:
         accepted = BASE_KWARGS + LIMIT_KWARGS + self.extra_kwargs
@@ -540,6 +543,7 @@ class IsolatedEnv(BaseEnv):
             "max_open_files": self.max_open_files,
             "file_size_bytes": None if self.file_size_mb is None else self.file_size_mb * 2**20,
             "max_processes": self.max_processes,
+            "scope": self.reaper_scope,
         }
         hello = {"type": "hello", "version": CHANNEL_VERSION, "token": self.channel_token}
         try:

@@ -20,6 +20,7 @@ Not a strong boundary: the worker can read world-readable files and reach the ne
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pwd
 import shutil
@@ -31,6 +32,7 @@ import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
+from rlm.environments.confine import ConfinementUnavailable, SandboxCgroup, UidLease
 from rlm.environments.isolated import IsolatedEnv, OutputTail, Transport, scrubbed_env
 from rlm.errors import ConfigurationError, SandboxError
 from rlm.runtime.bundle import WORKER_MODULE, bundle_dir
@@ -49,10 +51,14 @@ class ProcessTransport(Transport):
         cwd: str,
         user: int | None = None,
         group: int | None = None,
+        cgroup: SandboxCgroup | None = None,
+        lease: UidLease | None = None,
     ) -> None:
         self._lock = threading.Lock()
         self._killed = False
         self._tail = OutputTail()
+        self.cgroup = cgroup
+        self.lease = lease
         self.proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
@@ -68,6 +74,14 @@ class ProcessTransport(Transport):
             extra_groups=[] if user is not None else None,
         )
         self.pgid = self.proc.pid  # the session leader's pid is its process group id
+        if cgroup is not None:
+            # Before the worker has read its hello, so before any code of the sandbox runs
+            # and before it starts a single process: all of them are born inside.
+            try:
+                cgroup.add(self.proc.pid)
+            except OSError as exc:
+                self.kill()
+                raise SandboxError(f"could not move the worker into its cgroup: {exc}") from exc
         threading.Thread(target=self._drain_stderr, name="rlm-process-stderr", daemon=True).start()
 
     def _drain_stderr(self) -> None:
@@ -103,11 +117,15 @@ class ProcessTransport(Transport):
             if self._killed:
                 return
             self._killed = True
-        # First what the worker started, even processes that left its group (it adopts
-        # orphans, so they are still its descendants while it lives), then the group. Signal
-        # the group before reaping the leader: until it is reaped its pid (the group id)
-        # cannot be reused, so the signal cannot reach an unrelated process.
-        end_tree(self.proc.pid, self.pgid)
+        if self.cgroup is not None:
+            # Everything in the sandbox's cgroup, however it left the group and the tree.
+            self.cgroup.kill()
+        else:
+            # What the worker started, even processes that left its group (it adopts orphans,
+            # so they are its descendants while it lives, unless a cell cleared that flag),
+            # then the group. Signal the group before reaping the leader: until it is reaped
+            # its pid (the group id) cannot be reused, so the signal reaches no other process.
+            end_tree(self.proc.pid, self.pgid)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pgid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -115,6 +133,10 @@ class ProcessTransport(Transport):
         if self.proc.stdin is not None:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()
+        if self.cgroup is not None:
+            self.cgroup.remove()
+        if self.lease is not None:  # last: its files are removed once nothing runs as it
+            self.lease.release()
 
     def describe_exit(self) -> str:
         code = self.proc.returncode
@@ -152,25 +174,70 @@ def _python_candidates() -> list[str]:
     return found
 
 
+VENV = "venv"
+CONFINE_CHOICES = ("auto", "required", "off")
+_TASK_HEADROOM = 32  # the worker's own threads, on top of max_processes, in the cgroup's pids.max
+_MEMORY_HEADROOM_MB = 256  # page cache, /dev/shm, the worker itself: the cgroup's extra room
+
+logger = logging.getLogger(__name__)
+
+
 class ProcessREPL(IsolatedEnv):
     """The sandbox runtime in a local child process with rlimits (see the module docstring).
 
-    Extra keywords: `python` (interpreter path; default: this Python's base interpreter, or
-    the first python3 the sandbox user may run), `user` ("auto": `nobody` when the host is
-    root, else the host's own user; a name or uid; None: never switch users).
+    Extra keywords:
+      python: the interpreter. None (default): this Python's base interpreter, or the first
+        python3 the sandbox user may run; the sandbox then sees the standard library only, not
+        the packages of your virtualenv (nor rlm's own dependencies), and needs no access to
+        it. "venv": this process's own interpreter (`sys.executable`), so the code can import
+        what your virtualenv has installed; the sandbox user must be able to read it. A path:
+        that interpreter (Python >= 3.11).
+      user: "auto" (default): a uid of its own per sandbox when the host is root (from a pool
+        above 2,000,000,000; `nobody`, shared, if no pool is available), else the host's own
+        user; a name or uid: that user (shared by every sandbox using it); None: never switch.
+      confine: "auto" (default): when the host is root and the kernel offers cgroups, put the
+        sandbox in a cgroup of its own (memory and process limits for the sandbox as a whole,
+        everything killed at the end); otherwise run without one and say so in a warning and
+        in `confinement`. "required": refuse to start without both (SandboxError). "off".
     """
 
     name: ClassVar[str] = "process"
-    extra_kwargs: ClassVar[tuple[str, ...]] = ("python", "user")
+    extra_kwargs: ClassVar[tuple[str, ...]] = ("python", "user", "confine")
     default_max_processes: ClassVar[int | None] = 128
     default_start_timeout: ClassVar[float] = 30.0
 
-    def __init__(self, *, python: str | None = None, user: Any = "auto", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        python: str | None = None,
+        user: Any = "auto",
+        confine: str = "auto",
+        **kwargs: Any,
+    ) -> None:
+        if confine not in CONFINE_CHOICES:
+            raise ConfigurationError(
+                f"confine must be one of {', '.join(CONFINE_CHOICES)}, got {confine!r}"
+            )
         self._python_option = python
         self._user_option = user
+        self._confine = confine
         self._stage_dir: Path | None = None
         self.pgid: int | None = None
+        self.confinement: dict[str, Any] = {}
         super().__init__(**kwargs)
+
+    def _lease_uid(self) -> UidLease | None:
+        """A uid of its own, when `user="auto"` on a root host; None when the option names
+        a user (or none), or the pool is unavailable and `confine` allows a shared one."""
+        if self._user_option != "auto" or os.geteuid() != 0 or self._confine == "off":
+            return None
+        try:
+            return UidLease.acquire()
+        except (ConfinementUnavailable, OSError) as exc:
+            if self._confine == "required":
+                raise SandboxError(f"no uid of its own for the sandbox: {exc}") from None
+            self.confinement["uid_pool"] = f"unavailable ({exc}); running as nobody, shared"
+            return None
 
     def _resolve_user(self) -> tuple[int | None, int | None]:
         option = self._user_option
@@ -192,9 +259,34 @@ class ProcessREPL(IsolatedEnv):
             raise ConfigurationError("user= must name an unprivileged user, not root")
         return entry.pw_uid, entry.pw_gid
 
+    def _make_cgroup(self) -> SandboxCgroup | None:
+        if self._confine == "off":
+            return None
+        memory = None
+        if self.memory_mb is not None:
+            memory = (self.memory_mb + _MEMORY_HEADROOM_MB) * 2**20
+        tasks = None if self.max_processes is None else self.max_processes + _TASK_HEADROOM
+        try:
+            return SandboxCgroup.create(memory, tasks)
+        except ConfinementUnavailable as exc:
+            if self._confine == "required":
+                raise SandboxError(f"no cgroup for the sandbox: {exc}") from None
+            self.confinement["cgroup"] = f"unavailable ({exc})"
+            return None
+
     def _pick_python(self, uid: int | None) -> str:
-        if self._python_option is not None:
-            return self._python_option
+        option = self._python_option
+        if option == VENV:
+            option = sys.executable
+        if option is not None:
+            if uid is not None and not _runnable_by_others(option):
+                raise ConfigurationError(
+                    f"the sandbox user (uid {uid}) cannot run {option!r} (it, or a directory "
+                    "above it, is not open to other users); install that environment in a "
+                    "world-readable place, pass another python=, or user=None (the sandbox "
+                    "then runs as the host's own user)"
+                )
+            return option
         for candidate in _python_candidates():
             if uid is None or _runnable_by_others(candidate):
                 return candidate
@@ -204,7 +296,44 @@ class ProcessREPL(IsolatedEnv):
         )
 
     def _launch(self) -> Transport:
-        uid, gid = self._resolve_user()
+        lease = self._lease_uid()
+        cgroup: SandboxCgroup | None = None
+        try:
+            if lease is not None:
+                uid, gid = lease.uid, lease.uid
+            else:
+                uid, gid = self._resolve_user()
+            python = self._pick_python(uid)
+            cgroup = self._make_cgroup()
+            transport = self._start(python, uid, gid, cgroup, lease)
+        except BaseException:
+            if cgroup is not None:
+                cgroup.remove()
+            if lease is not None:
+                lease.release()
+            raise
+        self.confinement.update(
+            uid=uid,
+            uid_of_its_own=lease is not None,
+            cgroup=cgroup.describe() if cgroup is not None else self.confinement.get("cgroup"),
+        )
+        missing = [k for k in ("cgroup", "uid_pool") if "unavailable" in str(self.confinement.get(k))]
+        if missing:
+            logger.warning(
+                "process sandbox runs with weaker isolation: %s",
+                "; ".join(f"{k}: {self.confinement[k]}" for k in missing),
+            )
+        self.reaper_scope = "cgroup" if cgroup is not None else None
+        return transport
+
+    def _start(
+        self,
+        python: str,
+        uid: int | None,
+        gid: int | None,
+        cgroup: SandboxCgroup | None,
+        lease: UidLease | None,
+    ) -> ProcessTransport:
         root = self.make_host_dir("rlm-process-")
         work, stage = root / "work", root / "stage"
         work.mkdir()
@@ -216,9 +345,11 @@ class ProcessREPL(IsolatedEnv):
         os.chmod(work, 0o700)
         self._stage_dir = stage
         env = scrubbed_env({**self.worker_env(), "PYTHONPATH": str(bundle_dir())}, home=str(work))
-        argv = [self._pick_python(uid), "-s", "-m", WORKER_MODULE]
+        argv = [python, "-s", "-m", WORKER_MODULE]
         try:
-            transport = ProcessTransport(argv, env=env, cwd=str(work), user=uid, group=gid)
+            transport = ProcessTransport(
+                argv, env=env, cwd=str(work), user=uid, group=gid, cgroup=cgroup, lease=lease
+            )
         except OSError as exc:
             raise SandboxError(f"could not start the worker process {argv[0]!r}: {exc}") from exc
         self.pgid = transport.pgid

@@ -16,9 +16,16 @@ each), so it is skipped when the worker provably has no descendant: no direct ch
 (`RUSAGE_CHILDREN` unchanged). Any descendant descends from a direct child of the worker, which
 is then alive, a zombie, or reaped, so one of the two signs shows.
 
+Both ways can be escaped by a cell: the subreaper flag is the worker's own, so a cell may
+clear it (`prctl(PR_SET_CHILD_SUBREAPER, 0)`) and then a daemon that left the group goes to
+init. So where the host gave the sandbox a kernel boundary, the reaper uses it instead, which
+no process inside can leave: a cgroup of its own (`process` as root; the scope "cgroup": every
+process whose /proc/<pid>/cgroup equals the worker's), or a PID namespace of its own
+(`docker`; the scope "pidns": every process the worker can see, but PID 1 and itself).
+
 Signals go through a pidfd where the kernel has them, after re-checking that the process is
-still in the group or under the tree, so a pid reused between the scan and the signal is never
-hit.
+still in the group, under the tree or in the scope, so a pid reused between the scan and the
+signal is never hit.
 
 Standard library only: this module is shipped into sandboxes.
 """
@@ -79,9 +86,28 @@ def _scan() -> dict[int, tuple[int, int]]:
     return table
 
 
-def leftovers(root: int, pgid: int) -> tuple[list[int], set[int]]:
-    """Live processes in group `pgid` or descending from `root`, `root` excluded; and the
-    tree's pids (`root` and its live descendants), for `_kill_member`'s re-check."""
+def _cgroup_of(pid: int | str) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/cgroup", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def in_scope(pid: int, scope: str | None) -> bool:
+    """Whether `pid` is inside the sandbox's kernel boundary (see the module doc)."""
+    if scope == "pidns":
+        return pid != 1 and pid != os.getpid()
+    if scope == "cgroup":
+        own = _cgroup_of("self")
+        return own is not None and pid != os.getpid() and _cgroup_of(pid) == own
+    return False
+
+
+def leftovers(root: int, pgid: int, scope: str | None = None) -> tuple[list[int], set[int]]:
+    """Live processes in group `pgid`, descending from `root` or inside `scope`, `root`
+    excluded; and the tree's pids (`root` and its live descendants), for `_kill_member`'s
+    re-check."""
     table = _scan()
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in table.items():
@@ -93,13 +119,16 @@ def leftovers(root: int, pgid: int) -> tuple[list[int], set[int]]:
             if child not in tree:
                 tree.add(child)
                 stack.append(child)
-    found = (tree | {pid for pid, (_, pgrp) in table.items() if pgrp == pgid}) - {root}
+    found = tree | {pid for pid, (_, pgrp) in table.items() if pgrp == pgid}
+    if scope is not None:
+        found |= {pid for pid in table if in_scope(pid, scope)}
+    found.discard(root)
     return sorted(found), tree
 
 
-def _kill_member(pid: int, pgid: int, tree: set[int]) -> None:
-    """SIGKILL `pid` if it is still in `pgid` or its parent is in `tree` (through a pidfd: no
-    reused pid is ever hit)."""
+def _kill_member(pid: int, pgid: int, tree: set[int], scope: str | None = None) -> None:
+    """SIGKILL `pid` if it is still in `pgid`, its parent is in `tree` or it is in `scope`
+    (through a pidfd: no reused pid is ever hit)."""
     try:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
@@ -113,7 +142,7 @@ def _kill_member(pid: int, pgid: int, tree: set[int]) -> None:
         if (
             fields is not None
             and len(fields) > 2
-            and (int(fields[2]) == pgid or int(fields[1]) in tree)
+            and (int(fields[2]) == pgid or int(fields[1]) in tree or in_scope(pid, scope))
         ):
             signal.pidfd_send_signal(fd, signal.SIGKILL)
     except OSError:
@@ -122,9 +151,11 @@ def _kill_member(pid: int, pgid: int, tree: set[int]) -> None:
         os.close(fd)
 
 
-def end_tree(root: int, pgid: int, *, wait: float = _KILL_WAIT) -> set[int]:
-    """SIGKILL every process in group `pgid` or under `root` but `root` itself, until none is
-    left (or `wait` seconds pass); returns the pids killed.
+def end_tree(
+    root: int, pgid: int, *, wait: float = _KILL_WAIT, scope: str | None = None
+) -> set[int]:
+    """SIGKILL every process in group `pgid`, under `root` or in `scope` but `root` itself,
+    until none is left (or `wait` seconds pass); returns the pids killed.
 
     `root` stays alive meanwhile on purpose: while it lives, its descendants (even ones
     forking right now) stay under it, where the next round finds them.
@@ -132,11 +163,11 @@ def end_tree(root: int, pgid: int, *, wait: float = _KILL_WAIT) -> set[int]:
     killed: set[int] = set()
     deadline = time.monotonic() + wait
     while True:
-        found, tree = leftovers(root, pgid)
+        found, tree = leftovers(root, pgid, scope)
         if not found:
             break
         for pid in found:
-            _kill_member(pid, pgid, tree)
+            _kill_member(pid, pgid, tree, scope)
         killed.update(found)
         if time.monotonic() > deadline:
             break
@@ -176,6 +207,7 @@ class GroupReaper:
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
+        self.scope: str | None = None  # "cgroup" or "pidns" once the host says so
         self._usage = _children_usage()
 
     @property
@@ -198,7 +230,7 @@ class GroupReaper:
         would hold their slots for the worker's whole life."""
         if not self.applicable or self._quiet():
             return 0
-        killed = end_tree(self.pid, self.pid)
+        killed = end_tree(self.pid, self.pid, scope=self.scope)
         collect = set(killed) if reap else set()
         for pid in _direct_children() or ():
             fields = _stat_fields(pid)

@@ -60,7 +60,7 @@ from typing import Any, NoReturn
 from rlm.errors import FrameTooLargeError, ProtocolError
 
 from . import capture
-from .procgroup import GroupReaper, become_subreaper, lead_own_group
+from .procgroup import GroupReaper, become_subreaper, end_tree, lead_own_group
 from .protocol import (
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
@@ -847,6 +847,9 @@ class Worker:
     def stop_group(self) -> NoReturn:
         """Kill the worker's whole process group (the worker and whatever its cells started)
         and exit; from any thread."""
+        if self.reaper.scope is not None:  # daemons that left the group and the tree too
+            with contextlib.suppress(Exception):
+                end_tree(self.pid, self.pid, scope=self.reaper.scope, wait=0.5)
         if self.reaper.applicable:
             with contextlib.suppress(OSError):
                 os.killpg(self.pid, signal.SIGKILL)
@@ -877,6 +880,9 @@ class Worker:
             uncaptured=self.uncaptured,
             reaper=self.reaper,
         )
+        scope = config.get("scope")
+        if scope in ("cgroup", "pidns"):
+            self.reaper.scope = scope
         limits = apply_limits(config)
         return {
             "type": "ready",
