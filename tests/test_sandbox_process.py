@@ -483,3 +483,24 @@ def test_an_orderly_close_still_bounds_a_cell_that_swallows_its_timeout(tmp_path
     out, _ = proc.communicate(b"".join(b"".join(message_frames(m)) for m in script), timeout=60)
     assert time.monotonic() - started < 1 + 10
     assert [m["type"] for m in read_replies(out)] == ["ready"]  # the cell never finished
+
+
+@pytest.mark.skipif(sys.prefix == sys.base_prefix, reason="the host does not run in a venv")
+def test_python_venv_runs_the_hosts_virtualenv_and_the_default_does_not() -> None:
+    """By default the sandbox runs a base interpreter (the standard library only); with
+    python="venv" it runs this process's interpreter and imports the venv's packages. A venv
+    the sandbox user cannot reach is refused with the reason, not silently replaced."""
+    probe = (
+        "import importlib.util, sys\n"
+        "print(sys.prefix, importlib.util.find_spec('httpx') is not None)\n"
+    )
+    with ProcessREPL(timeout=30) as default:
+        prefix, _ = run(default, probe).split()
+    assert prefix != sys.prefix
+    try:
+        venv = ProcessREPL(python="venv", timeout=30)
+    except ConfigurationError as exc:  # e.g. a venv under /root, with a sandbox uid
+        assert "cannot run" in str(exc) and "user=None" in str(exc)
+        venv = ProcessREPL(python="venv", user=None, timeout=30)
+    with venv:
+        assert run(venv, probe).split() == [sys.prefix, "True"]
