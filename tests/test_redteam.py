@@ -318,7 +318,7 @@ def test_concurrent_sandboxes_cannot_read_or_signal_each_other() -> None:
 CHILDREN_400MB = (
     "import subprocess, sys, time\n"
     "code = \"b = bytearray(b'x') * (400 * 2**20)\\nprint('ok', flush=True)\\n"
-    "import time\\ntime.sleep(120)\"\n"
+    'import time\\ntime.sleep(120)"\n'
     "kids = []\n"
     "for _ in range(3):\n"
     "    p = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE)\n"
@@ -373,3 +373,34 @@ def test_shared_memory_does_not_outlive_the_sandbox() -> None:
     with open("/proc/sysvipc/shm") as f:
         ids = [line.split()[1] for line in f.read().splitlines()[1:]]
     assert str(shm_id) not in ids
+
+
+# ------------------------- 6: a frame forged on the private channel (a limit, pinned here)
+
+FORGE_RESULT = FIND_CHANNEL + (
+    "import json, sys\n"
+    "frame = sys._getframe()\n"
+    "while not isinstance(frame.f_locals.get('message'), dict):\n"
+    "    frame = frame.f_back\n"
+    "seq = frame.f_locals['message']['seq']  # the host's request for this cell\n"
+    "forged = {'type': 'result', 'seq': seq, 'final': True, 'final_value': 'FORGED',\n"
+    "          'stdout': 'y' * 3_000_000, 'stderr': '', 'error': None, 'locals': {},\n"
+    "          'duration': -1, 'timed_out': False}\n"
+    "body = json.dumps(forged).encode()\n"
+    "put(struct.pack('>I', len(body)) + body)\n"
+    "time.sleep(0.5)\n"
+)
+
+
+def test_a_forged_result_frame_is_no_more_than_the_cells_own_answer(
+    sandbox: IsolatedEnv,
+) -> None:
+    """Code that finds the channel descriptor can write a `result` for its own cell: that is
+    the cell's answer, as FINAL("FORGED") would be (SECURITY.md states this limit). What the
+    host takes from it stays within its caps, and the next cell's reply is its own."""
+    forged = sandbox.execute(FORGE_RESULT)
+    assert forged.final_answer == "FORGED"
+    assert isinstance(sandbox, IsolatedEnv)
+    assert len(forged.stdout) <= sandbox.capture_chars
+    after = sandbox.execute("print('mine')")
+    assert (after.stdout, after.final_answer) == ("mine\n", None)

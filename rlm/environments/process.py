@@ -317,7 +317,9 @@ class ProcessREPL(IsolatedEnv):
             uid_of_its_own=lease is not None,
             cgroup=cgroup.describe() if cgroup is not None else self.confinement.get("cgroup"),
         )
-        missing = [k for k in ("cgroup", "uid_pool") if "unavailable" in str(self.confinement.get(k))]
+        missing = [
+            k for k in ("cgroup", "uid_pool") if "unavailable" in str(self.confinement.get(k))
+        ]
         if missing:
             logger.warning(
                 "process sandbox runs with weaker isolation: %s",

@@ -70,9 +70,7 @@ MAX_JSON_VALUES = 2_000_000
 def json_value_bound(text: str | bytes) -> int:
     """An upper bound on the number of values parsing `text` would create (see above)."""
     if isinstance(text, str):
-        return (
-            2 * (text.count("[") + text.count("{")) + text.count(",") + text.count(":") + 1
-        )
+        return 2 * (text.count("[") + text.count("{")) + text.count(",") + text.count(":") + 1
     return 2 * (text.count(b"[") + text.count(b"{")) + text.count(b",") + text.count(b":") + 1
 
 
