@@ -298,6 +298,8 @@ class ProcessREPL(IsolatedEnv):
     def _launch(self) -> Transport:
         lease = self._lease_uid()
         cgroup: SandboxCgroup | None = None
+        uid: int | None
+        gid: int | None
         try:
             if lease is not None:
                 uid, gid = lease.uid, lease.uid
