@@ -504,3 +504,27 @@ def test_python_venv_runs_the_hosts_virtualenv_and_the_default_does_not() -> Non
         venv = ProcessREPL(python="venv", user=None, timeout=30)
     with venv:
         assert run(venv, probe).split() == [sys.prefix, "True"]
+
+
+def test_a_machine_without_cgroups_degrades_or_refuses_as_asked(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where the kernel offers no cgroup (simulated: creating one fails as it does without
+    cgroup2), confine="auto" starts anyway and says what is missing; "required" refuses."""
+    from rlm.environments import confine, process
+
+    def unavailable(*args: Any) -> Any:
+        raise confine.ConfinementUnavailable("no cgroup2 hierarchy is mounted")
+
+    monkeypatch.setattr(confine.SandboxCgroup, "create", classmethod(unavailable))
+    monkeypatch.setattr(process, "_warned", set())
+    with pytest.raises(SandboxError, match="no cgroup for the sandbox: no cgroup2"):
+        ProcessREPL(confine="required", timeout=20)
+    with caplog.at_level("WARNING"), ProcessREPL(timeout=20) as degraded:
+        assert run(degraded, "print(1)") == "1\n"
+        assert "unavailable (no cgroup2" in degraded.confinement["cgroup"]
+    assert "weaker isolation" in caplog.text
+    with ProcessREPL(confine="off", timeout=20) as plain:
+        assert plain.confinement["cgroup"] is None
+    with pytest.raises(ConfigurationError, match="confine"):
+        ProcessREPL(confine="sometimes")

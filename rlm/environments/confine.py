@@ -13,7 +13,7 @@ provide them; the environment then refuses or degrades as its options say.
 
 Two cgroup layouts are handled:
 - cgroup v2 with the memory and pids controllers (most current distributions): one directory
-  `<v2>/rlm.sandboxes/rlm-<host pid>-<id>` holding membership, `memory.max`, `memory.swap.max`,
+  `<v2>/rlm.sandboxes/rlm-<host pid>-<pid namespace>-<id>` holding membership, `memory.max`, `memory.swap.max`,
   `pids.max` and `cgroup.kill`;
 - the hybrid layout (v2 mounted for membership and `cgroup.kill` only, the controllers on v1
   hierarchies): the v2 directory under the host's own v2 cgroup, plus one directory under the
@@ -121,11 +121,22 @@ def _remove(directory: Path) -> None:
             _kill_all(directory, wait=0.05)
 
 
-def _host_alive(name: str) -> bool:
-    """Whether the host that created the cgroup `name` (rlm-<pid>-<id>) still runs."""
+def _pid_namespace() -> str:
     try:
-        pid = int(name.split("-")[1])
-    except (IndexError, ValueError):
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "0"
+
+
+def _host_alive(name: str) -> bool:
+    """Whether the host that created the cgroup `name` (rlm-<pid>-<pid ns>-<id>) may still
+    run. A host in another PID namespace cannot be checked, so it counts as alive."""
+    try:
+        _, pid_text, namespace, _ = name.split("-", 3)
+        pid = int(pid_text)
+    except ValueError:
+        return True
+    if namespace != _pid_namespace():
         return True
     if pid == os.getpid():
         return True
@@ -164,7 +175,7 @@ class SandboxCgroup:
         if v2 is None:
             raise ConfinementUnavailable("no cgroup2 hierarchy is mounted")
         root = Path(v2)
-        name = f"{_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
+        name = f"{_PREFIX}{os.getpid()}-{_pid_namespace()}-{secrets.token_hex(6)}"
         try:
             available = (root / "cgroup.controllers").read_text().split()
         except OSError as exc:

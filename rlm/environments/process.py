@@ -180,6 +180,7 @@ _TASK_HEADROOM = 32  # the worker's own threads, on top of max_processes, in the
 _MEMORY_HEADROOM_MB = 256  # page cache, /dev/shm, the worker itself: the cgroup's extra room
 
 logger = logging.getLogger(__name__)
+_warned: set[str] = set()
 
 
 class ProcessREPL(IsolatedEnv):
@@ -319,14 +320,14 @@ class ProcessREPL(IsolatedEnv):
             uid_of_its_own=lease is not None,
             cgroup=cgroup.describe() if cgroup is not None else self.confinement.get("cgroup"),
         )
-        missing = [
-            k for k in ("cgroup", "uid_pool") if "unavailable" in str(self.confinement.get(k))
-        ]
-        if missing:
-            logger.warning(
-                "process sandbox runs with weaker isolation: %s",
-                "; ".join(f"{k}: {self.confinement[k]}" for k in missing),
-            )
+        missing = "; ".join(
+            f"{key}: {self.confinement[key]}"
+            for key in ("cgroup", "uid_pool")
+            if "unavailable" in str(self.confinement.get(key))
+        )
+        if missing and missing not in _warned:  # once per reason, not per sandbox
+            _warned.add(missing)
+            logger.warning("the process sandbox runs with weaker isolation: %s", missing)
         self.reaper_scope = "cgroup" if cgroup is not None else None
         return transport
 
