@@ -13,8 +13,8 @@ provide them; the environment then refuses or degrades as its options say.
 
 Two cgroup layouts are handled:
 - cgroup v2 with the memory and pids controllers (most current distributions): one directory
-  `<v2>/rlm.sandboxes/rlm-<host pid>-<pid namespace>-<id>` holding membership, `memory.max`, `memory.swap.max`,
-  `pids.max` and `cgroup.kill`;
+  `<v2>/rlm.sandboxes/rlm-<host pid>-<pid namespace>-<id>` holding membership, `memory.max`,
+  `memory.swap.max`, `pids.max` and `cgroup.kill`;
 - the hybrid layout (v2 mounted for membership and `cgroup.kill` only, the controllers on v1
   hierarchies): the v2 directory under the host's own v2 cgroup, plus one directory under the
   host's own cgroup in each of the v1 `memory` and `pids` hierarchies.
