@@ -21,6 +21,20 @@ def require_kind(kind: str) -> None:
         pytest.skip(f"docker unavailable: {reason}")
 
 
+def require_confinement() -> None:
+    """Skip a test of the `process` sandbox's cgroup and uid pool where the machine cannot
+    provide them (not root, no cgroups), or fail if RLM_REQUIRE_CONFINEMENT=1."""
+    from rlm.environments.confine import ConfinementUnavailable, SandboxCgroup, UidLease
+
+    try:
+        SandboxCgroup.create(None, None).remove()
+        UidLease.acquire().release()
+    except ConfinementUnavailable as exc:
+        if os.environ.get("RLM_REQUIRE_CONFINEMENT") == "1":
+            pytest.fail(f"RLM_REQUIRE_CONFINEMENT=1 but the machine cannot confine: {exc}")
+        pytest.skip(f"no cgroup or uid pool here: {exc}")
+
+
 # Cell code that starts a daemon: a child leaves the worker's session and process group
 # (setsid), forks the process that stays, and exits, so that one is an orphan in another group.
 # Sets dm_pid and prints it.

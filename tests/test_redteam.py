@@ -5,11 +5,12 @@ does no harm."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sandbox_kinds import DAEMON, require_kind
+from sandbox_kinds import DAEMON, require_confinement, require_kind
 
 from rlm.clients.base import BaseLM
 from rlm.core.lm_handler import LMHandler
@@ -249,29 +250,32 @@ def test_a_daemon_that_cleared_the_subreaper_flag_dies_with_its_cell(
     assert check.stdout == "False\n", check.stderr
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox's cgroup needs a root host")
 def test_nothing_a_cell_started_is_alive_after_close() -> None:
-    """A daemon started while the cell is still running (the cell never ends before
-    close()), after the subreaper flag was cleared: close() kills it with the cgroup."""
+    """A thread of a cell starts a daemon after the cell has ended (so no cell's end sees
+    it), after the subreaper flag was cleared: close() kills it with the cgroup."""
+    require_confinement()
     from rlm.environments.process import ProcessREPL
 
     env = ProcessREPL(timeout=30)
+    pid_file = env._paths[0] / "work" / "late.pid"
     try:
-        result = env.execute(ESCAPING_DAEMON + "import threading\n")
-        assert result.error is None
-        # A second daemon, started from a thread that outlives the cell.
+        result = env.execute(ESCAPING_DAEMON)
+        assert result.error is None, result.stderr
         started = env.execute(
-            "import subprocess, sys, threading\n"
-            "box = []\n"
+            "import subprocess, sys, threading, time\n"
             "def later():\n"
+            "    time.sleep(0.5)\n"
             "    p = subprocess.Popen([sys.executable, '-c', dm_code], stdout=subprocess.PIPE)\n"
-            "    box.append(int(p.stdout.readline()))\n"
-            "t = threading.Thread(target=later)\n"
-            "t.start(); t.join()\n"
-            "print(box[0])\n"
+            "    open('late.pid', 'w').write(p.stdout.readline().decode())\n"
+            "threading.Thread(target=later).start()\n"
         )
         assert started.error is None, started.stderr
-        late = int(started.stdout)
+        for _ in range(200):
+            if pid_file.exists() and pid_file.read_text().strip():
+                break
+            time.sleep(0.05)
+        late = int(pid_file.read_text())
+        assert pid_alive(late)
     finally:
         env.cleanup()
     assert not pid_alive(late)
@@ -281,8 +285,8 @@ def test_nothing_a_cell_started_is_alive_after_close() -> None:
 # ------------------------------------------------------------ 2: a uid per live sandbox
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="a uid per sandbox needs a root host")
 def test_concurrent_sandboxes_cannot_read_or_signal_each_other() -> None:
+    require_confinement()
     from rlm.environments.process import ProcessREPL
 
     envs = [ProcessREPL(timeout=30) for _ in range(3)]
@@ -329,10 +333,10 @@ CHILDREN_400MB = (
 )
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox's cgroup needs a root host")
 def test_memory_mb_bounds_the_sandbox_not_each_process() -> None:
     """Three children of 400 MB each under memory_mb=512 (each fits its own RLIMIT_AS): the
     sandbox as a whole may hold memory_mb + 256 MiB, so at most one stays resident."""
+    require_confinement()
     from rlm.environments.process import ProcessREPL
 
     env = ProcessREPL(timeout=60, memory_mb=512)
@@ -356,8 +360,8 @@ SHARED_MEMORY = (
 )
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="a uid per sandbox needs a root host")
 def test_shared_memory_does_not_outlive_the_sandbox() -> None:
+    require_confinement()
     from rlm.environments.process import ProcessREPL
 
     env = ProcessREPL(timeout=30)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sandbox_kinds import DAEMON
+from sandbox_kinds import DAEMON, require_confinement
 
 from rlm.environments.process import ProcessREPL
 from rlm.errors import ConfigurationError, SandboxError
@@ -235,10 +235,10 @@ def test_a_daemon_is_killed_with_a_worker_the_host_has_to_kill() -> None:
         environment.cleanup()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox's cgroup needs a root host")
 def test_a_daemon_dies_with_a_worker_that_kills_itself() -> None:
     """Once a known gap: the daemon went to init. The sandbox's cgroup is killed as a whole
     when the host sees its worker die."""
+    require_confinement()
     marker = f"time.sleep({300 + os.getpid() % 1000 / 1000:.3f})"  # finds this test's daemon
     code = DAEMON.replace("time.sleep(300)", marker) + (
         "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"

@@ -299,7 +299,7 @@ class LMHandler:
         hello_timeout: float = 10.0,
         max_connections: int = 1024,
         max_in_flight: int = 256,
-        max_session_connections: int = 64,
+        max_session_connections: int = 256,
         max_pending_hellos: int = 128,
         cache: SubcallCache | None = None,
     ) -> None:
