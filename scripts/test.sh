@@ -34,7 +34,7 @@ if ! wait "$model_setup"; then
 fi
 eval "$(scripts/model_server.sh env)"
 if [ "${CI:-}" = true ]; then trap 'scripts/model_server.sh stop >/dev/null 2>&1 || true' EXIT; fi
-export RLM_REQUIRE_DOCKER=1 RLM_REQUIRE_BROWSER=1 RLM_REQUIRE_REAL_MODEL=1
+export RLM_REQUIRE_DOCKER=1 RLM_REQUIRE_BROWSER=1 RLM_REQUIRE_REAL_MODEL=1 RLM_REQUIRE_CONFINEMENT=1
 
 step "ruff"
 .venv/bin/ruff format --check rlm tests benchmarks examples
