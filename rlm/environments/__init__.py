@@ -17,12 +17,14 @@ from rlm.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from rlm.environments.base import BaseEnv, HandlerEndpoint, ToolSpec
+    from rlm.environments.ipython import IPythonREPL
     from rlm.environments.local import LocalREPL
 
 ENTRY_POINT_GROUP = "rlm.environments"
 
 BUILTIN_ENVIRONMENTS: dict[str, str] = {
     "local": "rlm.environments.local:LocalREPL",
+    "ipython": "rlm.environments.ipython:IPythonREPL",
     "process": "rlm.environments.process:ProcessREPL",
     "docker": "rlm.environments.docker:DockerREPL",
     "modal": "rlm.environments.modal:ModalREPL",
@@ -36,6 +38,7 @@ _LAZY = {
     "HandlerEndpoint": "rlm.environments.base",
     "ToolSpec": "rlm.environments.base",
     "LocalREPL": "rlm.environments.local",
+    "IPythonREPL": "rlm.environments.ipython",
 }
 
 __all__ = [
@@ -43,6 +46,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "BaseEnv",
     "HandlerEndpoint",
+    "IPythonREPL",
     "LocalREPL",
     "ToolSpec",
     "available_environments",
