@@ -4,12 +4,31 @@ and code for cells that several files run."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
+
+# The test kinds that are not environment names: the IPython kernel subprocess is
+# environment="ipython" with kernel_mode="subprocess".
+KIND_ENVIRONMENTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ipython-kernel": ("ipython", {"kernel_mode": "subprocess"}),
+}
+
+
+def environment_of(kind: str) -> tuple[str, dict[str, Any]]:
+    """The environment name and the extra keyword arguments a test kind stands for."""
+    name, kwargs = KIND_ENVIRONMENTS.get(kind, (kind, {}))
+    return name, dict(kwargs)
 
 
 def require_kind(kind: str) -> None:
     """Skip the docker cases when no engine is reachable, or fail if RLM_REQUIRE_DOCKER=1."""
+    if kind.startswith("ipython"):
+        pytest.importorskip("IPython")
+        if kind == "ipython-kernel":
+            pytest.importorskip("ipykernel")
+            pytest.importorskip("jupyter_client")
+        return
     if kind != "docker":
         return
     from rlm.environments.docker import docker_unavailable_reason

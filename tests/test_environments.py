@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sandbox_kinds import require_kind
+from sandbox_kinds import environment_of, require_kind
 
 from rlm import RLM
 from rlm.clients.base import BaseLM
@@ -34,7 +34,13 @@ from rlm.runtime.repl import to_jsonable
 
 pytestmark = pytest.mark.timeout(300)
 
-KINDS = ["local", "process", pytest.param("docker", marks=pytest.mark.docker)]
+KINDS = [
+    "local",
+    "process",
+    "ipython",
+    "ipython-kernel",
+    pytest.param("docker", marks=pytest.mark.docker),
+]
 ISOLATED = ["process", pytest.param("docker", marks=pytest.mark.docker)]
 FENCE = "```"
 
@@ -75,8 +81,9 @@ def handler() -> Iterator[LMHandler]:
 
 def make_env(kind: str, lm_handler: LMHandler, **kwargs: Any) -> BaseEnv:
     session = lm_handler.open_session(depth=0, max_depth=1, tools={"add": add})
-    cls = environment_class(kind)
-    return cls(handler=lm_handler.endpoint(session), tools=TOOLS, **kwargs)
+    name, extra = environment_of(kind)
+    cls = environment_class(name)
+    return cls(handler=lm_handler.endpoint(session), tools=TOOLS, **extra, **kwargs)
 
 
 @pytest.fixture(scope="module", params=KINDS)
@@ -110,6 +117,11 @@ def cell_timeout(environment: BaseEnv, seconds: float) -> Iterator[None]:
         environment.timeout = old
         if isinstance(environment, LocalREPL):
             environment._repl.timeout = old  # type: ignore[attr-defined]
+
+
+def in_kernel(environment: BaseEnv) -> bool:
+    """An IPython environment whose cells run in an ipykernel subprocess."""
+    return getattr(environment, "kernel_mode", None) == "subprocess"
 
 
 def ok(environment: BaseEnv, code: str) -> REPLResult:
@@ -294,7 +306,7 @@ def test_infinite_loop_stops_within_timeout_and_the_next_cell_works(env: BaseEnv
 
 
 def test_a_cell_blocked_in_a_system_call_is_interrupted(env: BaseEnv) -> None:
-    if not env.isolated:
+    if not (env.isolated or in_kernel(env)):
         pytest.skip("in-process cells blocked inside C cannot be interrupted (LocalREPL docs)")
     with cell_timeout(env, 1.0):
         result = env.execute("import time\ntime.sleep(30)")
@@ -384,6 +396,9 @@ def test_only_the_cells_own_thread_is_captured(env: BaseEnv) -> None:
         "print('own')"
     )
     result = ok(env, code)
+    if in_kernel(env):  # ipykernel sends a thread's output to the cell running at the time
+        assert result.stdout == "FROM-THREAD\nown\n"
+        return
     assert result.stdout == "own\n"
     if env.isolated:
         assert "[12 characters printed by threads other than the cell's own" in result.stderr
@@ -501,7 +516,7 @@ def _worker_pids() -> set[str]:
         ppid = re.search(r"PPid:\s+(\d+)", status)
         state = re.search(r"State:\s+(\w)", status)
         if (
-            b"rlm.runtime.worker" in cmdline
+            (b"rlm.runtime.worker" in cmdline or b"ipykernel_launcher" in cmdline)
             and ppid is not None
             and int(ppid.group(1)) == os.getpid()
             and not (state and state.group(1) == "Z")
@@ -522,6 +537,7 @@ def _snapshot(kind: str) -> set[str]:
 def test_rlm_timeout_kwarg_and_rlm_query_from_inside_the_sandbox(kind: str) -> None:
     require_kind(kind)
     before = _snapshot(kind)
+    name, extra = environment_of(kind)
 
     def model(messages: list[Message]) -> str:
         if "ROOT-TASK" in messages[1]["content"]:  # the root
@@ -533,8 +549,8 @@ def test_rlm_timeout_kwarg_and_rlm_query_from_inside_the_sandbox(kind: str) -> N
     rlm = RLM(
         backend="scripted",
         backend_kwargs={"model_name": "m", "responses": model},
-        environment=kind,
-        environment_kwargs={"timeout": 2},
+        environment=name,
+        environment_kwargs={"timeout": 2, **extra},
         max_depth=2,
     )
     with rlm:
@@ -549,6 +565,7 @@ def test_rlm_timeout_kwarg_and_rlm_query_from_inside_the_sandbox(kind: str) -> N
 def test_persistent_sessions_keep_the_sandbox_contexts_and_histories(kind: str) -> None:
     require_kind(kind)
     before = _snapshot(kind)
+    name, extra = environment_of(kind)
     rlm = RLM(
         backend="scripted",
         backend_kwargs={
@@ -557,7 +574,8 @@ def test_persistent_sessions_keep_the_sandbox_contexts_and_histories(kind: str) 
                 repl("FINAL(f'{kept}|{context_1}|{len(history_0) > 0}|{os.getpid() == pid0}')"),
             ]
         },
-        environment=kind,
+        environment=name,
+        environment_kwargs=extra,
         persistent=True,
     )
     with rlm:

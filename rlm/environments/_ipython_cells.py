@@ -14,10 +14,12 @@ a blocking C call such as ``time.sleep``, else the same watchdog `LocalREPL` use
 
 from __future__ import annotations
 
+import codeop
 import json
 import os
 import re
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -107,7 +109,13 @@ class ShellRepl(Repl):
         shell.showtraceback = lambda *a, **k: None
         shell.showsyntaxerror = lambda *a, **k: None
         shell.showindentationerror = lambda *a, **k: None
+        # IPython also formats every error for its history with ultratb, which reads the
+        # source of every frame: minutes for a 10^5-frame RecursionError. Ours is enough.
+        shell._format_exception_for_storage = self._stored_error
         shell.compile.get_code_name = self._code_name
+        # Syntax errors read as in plain Python ("'(' was never closed", not "incomplete
+        # input"): the incomplete-input mode exists for interactive line continuation.
+        shell.compile.flags &= ~getattr(codeop, "PyCF_ALLOW_INCOMPLETE_INPUT", 0)
         run_code = shell.run_code
 
         async def timed_run_code(code_obj: Any, result: Any = None, *, async_: bool = False) -> Any:
@@ -143,6 +151,9 @@ class ShellRepl(Repl):
         if self._cell_thread is not None or self._reenter is None:
             raise RuntimeError(_REENTRY)
         return self._reenter(code)
+
+    def _stored_error(self, exc: BaseException, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return {"ename": type(exc).__name__, "evalue": safe_str(exc), "traceback": []}
 
     def _code_name(self, raw_code: str, code: str, number: int) -> str:
         """The file name IPython compiles a cell under; its source is kept for tracebacks."""
@@ -219,10 +230,19 @@ class _KernelCells:
         )
         self.repl.timeout = config.get("timeout")
         self.repl.subcall_timeout = config.get("subcall_timeout")
+        self._streams = (sys.stdout, sys.stderr)
         shell.events.register("pre_run_cell", self._pre)
         shell.events.register("post_run_cell", self._post)
 
     def _pre(self, info: Any) -> None:
+        # A cell that replaced sys.stdout/stderr affects only itself, as in every environment;
+        # the kernel gave this request's parent to whatever was sys.stdout, so pass it on.
+        if (sys.stdout, sys.stderr) != self._streams:
+            sys.stdout, sys.stderr = self._streams
+            parent = getattr(self.repl.shell, "parent_header", None) or {}
+            for stream in self._streams:
+                if hasattr(stream, "set_thread_parent"):
+                    stream.parent_header = parent.get("header", parent)
         self.repl.begin()
 
     def _post(self, result: Any) -> None:
