@@ -68,16 +68,17 @@ class Kernel:
     """One ipykernel subprocess and the client talking to it."""
 
     def __init__(self, *, cwd: str, startup_timeout: float, bootstrap: str) -> None:
-        from jupyter_client.manager import KernelManager
-
         self._bootstrap = bootstrap
         self._startup_timeout = startup_timeout
         self._cwd = cwd
-        self.km = KernelManager(kernel_name="python3")
+        self.km: Any = None
         self.kc: Any = None
         self._start()
 
     def _start(self) -> None:
+        from jupyter_client.manager import KernelManager
+
+        self.km = KernelManager(kernel_name="python3")  # a fresh one: a shut-down one is spent
         env = dict(os.environ)
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(rlm.__file__)))
         env["PYTHONPATH"] = os.pathsep.join(
