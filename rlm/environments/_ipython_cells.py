@@ -242,7 +242,7 @@ class _KernelCells:
             parent = getattr(self.repl.shell, "parent_header", None) or {}
             for stream in self._streams:
                 if hasattr(stream, "set_thread_parent"):
-                    stream.parent_header = parent.get("header", parent)
+                    stream.parent_header = parent.get("header", parent)  # type: ignore[union-attr]
         self.repl.begin()
 
     def _post(self, result: Any) -> None:
