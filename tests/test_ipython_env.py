@@ -178,3 +178,12 @@ def test_rlm_completion_with_fan_out_and_recursion(mode: str) -> None:
     assert out.response == "5|part|7", out
     calls = out.metadata["iterations"][0]["code_blocks"][0]["result"]["rlm_calls"]  # type: ignore[index]
     assert sorted(c["kind"] for c in calls) == ["llm"] * 5 + ["rlm"]
+
+
+def test_the_kernel_gets_no_provider_keys_and_a_private_cwd(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-host-secret")
+    with IPythonREPL(kernel_mode="subprocess") as repl:
+        result = repl.execute("import os\nprint(os.environ.get('OPENAI_API_KEY'), os.getcwd())")
+        assert result.stdout == f"None {repl.temp_dir}\n"

@@ -23,6 +23,7 @@ from typing import Any
 
 import rlm
 from rlm.environments._ipython_cells import CELL_MIME
+from rlm.environments.isolated import scrubbed_env
 from rlm.errors import SandboxError
 
 _SLICE = 0.1
@@ -78,13 +79,19 @@ class Kernel:
     def _start(self) -> None:
         from jupyter_client.manager import KernelManager
 
-        self.km = KernelManager(kernel_name="python3")  # a fresh one: a shut-down one is spent
-        env = dict(os.environ)
-        package_root = os.path.dirname(os.path.dirname(os.path.abspath(rlm.__file__)))
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (package_root, env.get("PYTHONPATH", "")) if p
+        # A fresh manager each time (a shut-down one is spent); Unix sockets in the private
+        # directory rather than TCP ports any local user could connect to.
+        self.km = KernelManager(
+            kernel_name="python3", transport="ipc", ip=os.path.join(self._cwd, ".kernel")
         )
-        env.pop("JPY_PARENT_PID", None)
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(rlm.__file__)))
+        pythonpath = os.pathsep.join(
+            p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p
+        )
+        # An allowlisted environment, as for the "process" sandbox: no provider keys or
+        # tokens of the host reach the kernel (jupyter_client adds JPY_PARENT_PID, with which
+        # the kernel exits when this process does).
+        env = scrubbed_env({"PYTHONPATH": pythonpath}, home=self._cwd)
         self.km.start_kernel(cwd=self._cwd, env=env)
         self.kc = self.km.client()
         self.kc.start_channels()
