@@ -59,7 +59,8 @@ class _Alarm:
 
     def __init__(self, seconds: float) -> None:
         self._previous = signal.signal(signal.SIGALRM, self._fire)
-        signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
+        self._started = time.monotonic()
+        self._previous_timer = signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
 
     @staticmethod
     def _fire(signum: int, frame: Any) -> None:
@@ -69,6 +70,10 @@ class _Alarm:
         signal.signal(signal.SIGALRM, signal.SIG_IGN)  # an alarm already queued is dropped
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, self._previous or signal.SIG_DFL)
+        delay, interval = self._previous_timer
+        if delay > 0:  # a timer of the embedding application: give back what is left of it
+            left = delay - (time.monotonic() - self._started)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3), interval)
 
 
 def _start_timer(seconds: float) -> Any:

@@ -5,7 +5,10 @@ Two kernel modes:
 - ``kernel_mode="in_process"`` (default): an `InteractiveShell` of its own in this process, on
   a per-instance module (two instances never share ``__main__``). Like `LocalREPL`, it is NOT a
   sandbox. The cell timeout is SIGALRM when the cell runs on the main thread (it interrupts
-  ``time.sleep`` and other blocking C calls too), else the watchdog `LocalREPL` uses.
+  ``time.sleep`` and other blocking C calls too), else the watchdog `LocalREPL` uses (which,
+  like LocalREPL's, cannot stop a call blocked inside C). While a cell runs, IPython swaps
+  ``sys.displayhook`` and a few builtins process-wide, so in-process shells running cells in
+  several threads at once may update each other's ``_``; use the subprocess mode for that.
 - ``kernel_mode="subprocess"``: an ipykernel process (jupyter_client) under this interpreter.
   Timeouts are hard (the kernel's timer, then SIGINT, then a restart; see `_ipython_kernel`);
   the host process's namespace, cwd and signals are out of the cell's reach.
@@ -297,10 +300,11 @@ class IPythonREPL(BaseEnv):
         """The user's variables: live values in process; in a kernel, only what the host
         loaded (contexts, histories), as in the reference."""
         if self._repl is not None:
+            names = self._repl.user_variables()
             return {
                 k: v
                 for k, v in self._repl.namespace.items()
-                if k in self._repl.user_variables() or k.startswith(("context", "history"))
+                if k in names or k.startswith(("context", "history"))
             }
         return dict(self._shadow)
 
