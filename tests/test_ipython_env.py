@@ -187,3 +187,30 @@ def test_the_kernel_gets_no_provider_keys_and_a_private_cwd(
     with IPythonREPL(kernel_mode="subprocess") as repl:
         result = repl.execute("import os\nprint(os.environ.get('OPENAI_API_KEY'), os.getcwd())")
         assert result.stdout == f"None {repl.temp_dir}\n"
+
+
+def test_a_kernel_that_exits_is_restarted_with_its_contexts() -> None:
+    with IPythonREPL(kernel_mode="subprocess", context_payload="ctx") as repl:
+        repl.execute("gone = 1")
+        died = repl.execute("import os\nos._exit(3)")
+        assert died.error == "SandboxError: the IPython kernel died during the cell"
+        assert "the kernel was restarted" in died.stderr
+        assert repl.execute("print(context, 'gone' in globals())").stdout == "ctx False\n"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_subcall_timeout_bounds_the_wait_for_a_sub_call(mode: str) -> None:
+    release = threading.Event()
+
+    def slow(prompt: str, model: str | None = None) -> str:
+        release.wait(30)
+        return "late"
+
+    try:
+        with IPythonREPL(kernel_mode=mode, subcall_fn=slow, subcall_timeout=0.5) as repl:
+            result = repl.execute("print(rlm_query('x'))")
+            assert (
+                result.stdout == "Error: TimeoutError: no answer from the LM handler within 0.5s\n"
+            )
+    finally:
+        release.set()
