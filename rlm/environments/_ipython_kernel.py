@@ -166,9 +166,6 @@ class Kernel:
         cell.stdout, cell.stderr, cell.dropped = out.value(), err.value(), out.dropped + err.dropped
         return cell
 
-    def interrupt(self) -> None:
-        self.km.interrupt_kernel()
-
     def restart(self) -> None:
         """A fresh kernel (the old one is killed) with the helpers installed again."""
         if self.kc is not None:
