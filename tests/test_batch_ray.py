@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_batch import lines_of, reply, spec_of, tasks_of
 
 from rlm.batch import RLMPredictor, run_batch
 from rlm.testing import ProviderSimulator
-from tests.test_batch import lines_of, reply, spec_of, tasks_of
 
 ray = pytest.importorskip("ray")
 
