@@ -129,7 +129,7 @@ def test_entry_point_plugin_is_discovered_and_built(
     assert client_class("my-backend") is PluginLM
     lm = get_client("my_backend", {"model_name": "p"})
     assert isinstance(lm, PluginLM)
-    assert lm.completion("x").text == "from plugin"
+    assert lm.respond("x").text == "from plugin"
 
 
 def test_plugin_cannot_replace_a_builtin(plugins: list[importlib.metadata.EntryPoint]) -> None:

@@ -184,7 +184,7 @@ def client_for(
 def _gather(client: BaseLM, prompts: list[Any], **sampling: Any) -> list[Any]:
     async def main() -> list[Any]:
         return await asyncio.gather(
-            *(client.acompletion(p, **sampling) for p in prompts), return_exceptions=True
+            *(client.arespond(p, **sampling) for p in prompts), return_exceptions=True
         )
 
     return run_sync(main(), timeout=90)
@@ -208,7 +208,7 @@ def _system_on_wire(kind: str, body: dict[str, Any]) -> str:
 @pytest.mark.parametrize("kind", ALL)
 def test_round_trip_with_a_string_and_with_messages(kind: str, sim: ProviderSimulator) -> None:
     client = client_for(kind, sim)
-    out = client.completion("hello")
+    out = client.respond("hello")
     assert out.text == "echo:hello"
     assert out.model.endswith("sim-model")
     assert out.usage.input_tokens > 0 and out.usage.output_tokens > 0
@@ -221,7 +221,7 @@ def test_round_trip_with_a_string_and_with_messages(kind: str, sim: ProviderSimu
         {"role": "assistant", "content": "ok"},
         {"role": "user", "content": "second"},
     ]
-    out = client.completion(messages)
+    out = client.respond(messages)
     assert out.text == "echo:second"
     seen = sim.requests[-1]
     assert seen.system == "Be brief."
@@ -233,7 +233,7 @@ def test_round_trip_with_a_string_and_with_messages(kind: str, sim: ProviderSimu
 @pytest.mark.parametrize("kind", ALL)
 def test_sampling_args_reach_the_wire(kind: str, sim: ProviderSimulator) -> None:
     client = client_for(kind, sim, sampling_args={"temperature": 0.25, "seed": 7})
-    client.completion("hi", top_p=0.5, max_tokens=77, stop=["STOP"])
+    client.respond("hi", top_p=0.5, max_tokens=77, stop=["STOP"])
     body = sim.requests[-1].body
     wire = WIRE[kind]
     if wire == "openai":
@@ -254,26 +254,26 @@ def test_sampling_args_reach_the_wire(kind: str, sim: ProviderSimulator) -> None
 
 
 def test_anthropic_max_tokens_default_and_openai_passthrough(sim: ProviderSimulator) -> None:
-    client_for("anthropic", sim).completion("hi")
+    client_for("anthropic", sim).respond("hi")
     assert sim.requests[-1].body["max_tokens"] == 4096
     openai_client = client_for("openai", sim)
-    openai_client.completion("hi", prompt_cache_key="run-1", logit_bias={"50256": -100})
+    openai_client.respond("hi", prompt_cache_key="run-1", logit_bias={"50256": -100})
     body = sim.requests[-1].body
     assert body["prompt_cache_key"] == "run-1"
     assert body["logit_bias"] == {"50256": -100}
-    openai_client.completion("hi", some_vendor_field={"x": 1})  # unknown: sent via extra_body
+    openai_client.respond("hi", some_vendor_field={"x": 1})  # unknown: sent via extra_body
     assert sim.requests[-1].body["some_vendor_field"] == {"x": 1}
 
 
 def test_one_sdk_client_per_object_reused_and_rebuilt_after_close(sim: ProviderSimulator) -> None:
     client = OpenAIClient("m", api_key=KEY, base_url=sim.openai_base_url)
-    client.completion("a")
+    client.respond("a")
     first = client._client
-    client.completion("b")
+    client.respond("b")
     assert client._client is first
     client.close()
     assert client._client is None
-    assert client.completion("c").text == "echo:c"
+    assert client.respond("c").text == "echo:c"
     client.close()
 
 
@@ -283,8 +283,8 @@ def test_a_call_from_a_foreign_loop_does_not_break_later_calls(
 ) -> None:
     client = _make(kind, sim)
     try:
-        assert asyncio.run(client.acompletion("mine")).text == "echo:mine"  # a closed loop after
-        assert client.completion("shared").text == "echo:shared"
+        assert asyncio.run(client.arespond("mine")).text == "echo:mine"  # a closed loop after
+        assert client.respond("shared").text == "echo:shared"
     finally:
         client.close()
 
@@ -295,20 +295,20 @@ def test_keys_come_from_the_standard_env_vars(
     made: list[BaseLM] = []
     monkeypatch.setenv("OPENAI_API_KEY", "from-openai-env")
     made.append(OpenAIClient("m", base_url=sim.openai_base_url))
-    made[-1].completion("hi")
+    made[-1].respond("hi")
     assert sim.requests[-1].headers["authorization"] == "Bearer from-openai-env"
     monkeypatch.setenv("GOOGLE_API_KEY", "from-google-env")
     made.append(GeminiClient("m", base_url=sim.gemini_base_url))
-    made[-1].completion("hi")
+    made[-1].respond("hi")
     assert sim.requests[-1].headers["x-goog-api-key"] == "from-google-env"
     monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", sim.azure_endpoint)
     monkeypatch.setenv("AZURE_OPENAI_API_KEY", "from-azure-env")
     made.append(AzureOpenAIClient("my-deployment", api_version="2024-10-21"))
-    made[-1].completion("hi")
+    made[-1].respond("hi")
     seen = sim.requests[-1]
     assert seen.headers["api-key"] == "from-azure-env"
     assert seen.path == "/openai/deployments/my-deployment/chat/completions"
-    client_for("vllm", sim).completion("hi")
+    client_for("vllm", sim).respond("hi")
     assert sim.requests[-1].headers["authorization"] == "Bearer EMPTY"
     for client in made:
         client.close()
@@ -346,7 +346,7 @@ def test_unknown_options_are_configuration_errors() -> None:
 
 @pytest.mark.parametrize("kind", SDKS)
 def test_default_headers_reach_the_wire(kind: str, sim: ProviderSimulator) -> None:
-    client_for(kind, sim, default_headers={"X-Team": "rlm"}).completion("hi")
+    client_for(kind, sim, default_headers={"X-Team": "rlm"}).respond("hi")
     assert sim.requests[-1].headers.get("x-team") == "rlm"
 
 
@@ -378,10 +378,10 @@ def test_cached_tokens_reported_on_a_repeated_long_prefix(
 ) -> None:
     client = client_for(kind, sim)
     history = [{"role": "system", "content": LONG}, {"role": "user", "content": "q1"}]
-    first = client.completion(history)
+    first = client.respond(history)
     assert first.usage.cached_tokens == 0
     history += [{"role": "assistant", "content": "a1"}, {"role": "user", "content": "q2"}]
-    second = client.completion(history)
+    second = client.respond(history)
     assert second.usage.cached_tokens >= 1024
     assert second.usage.input_tokens > second.usage.cached_tokens  # input counts every token
 
@@ -389,7 +389,7 @@ def test_cached_tokens_reported_on_a_repeated_long_prefix(
 def test_anthropic_cache_breakpoints_and_usage(sim: ProviderSimulator) -> None:
     client = client_for("anthropic", sim)
     history = [{"role": "system", "content": LONG}, {"role": "user", "content": "q1"}]
-    first = client.completion(history)
+    first = client.respond(history)
     body = sim.requests[-1].body
     assert body["system"][-1]["cache_control"] == {"type": "ephemeral"}
     assert body["messages"][-1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
@@ -398,15 +398,15 @@ def test_anthropic_cache_breakpoints_and_usage(sim: ProviderSimulator) -> None:
     assert first.usage.input_tokens >= first.usage.cache_write_tokens
 
     history += [{"role": "assistant", "content": "a1"}, {"role": "user", "content": "q2"}]
-    second = client.completion(history)
+    second = client.respond(history)
     assert second.usage.cached_tokens >= first.usage.cache_write_tokens
     assert second.usage.input_tokens > second.usage.cached_tokens
     assert "cache_control" not in history[0]  # markers go on copies
 
     sim.clear_cache()
     plain = client_for("anthropic", sim, prompt_caching=False)
-    plain.completion(history)
-    plain_usage = plain.completion(history).usage
+    plain.respond(history)
+    plain_usage = plain.respond(history).usage
     assert "cache_control" not in json.dumps(sim.requests[-1].body)
     assert plain_usage.cached_tokens == 0 and plain_usage.cache_write_tokens == 0
 
@@ -452,14 +452,14 @@ def test_usage_without_a_usage_block_is_zeros_and_openrouter_cost_is_read() -> N
 
 
 def test_litellm_reports_its_own_cost(sim: ProviderSimulator) -> None:
-    out = client_for("litellm_openai", sim, model="gpt-4o-mini").completion("hi")
+    out = client_for("litellm_openai", sim, model="gpt-4o-mini").respond("hi")
     assert out.usage.cost is not None and out.usage.cost > 0
 
 
 def test_sim_reply_token_counts_pass_through(sim: ProviderSimulator) -> None:
     sim.reply = SimReply("x", input_tokens=1234, output_tokens=56)
     for kind in ("openai", "anthropic", "gemini"):
-        usage = client_for(kind, sim).completion("hi").usage
+        usage = client_for(kind, sim).respond("hi").usage
         assert (usage.input_tokens, usage.output_tokens) == (1234, 56), kind
 
 
@@ -498,7 +498,7 @@ def test_retry_after_is_honoured(kind: str, sim: ProviderSimulator) -> None:
     sim.faults = FaultPlan(retry_after=0.3)
     client = client_for(kind, sim, retry_max_delay=5.0)
     sim.fail_next("429")
-    assert client.completion("hi").text == "echo:hi"
+    assert client.respond("hi").text == "echo:hi"
     first, second = sim.requests[-2:]
     assert second.time - first.time >= 0.28  # backoff alone would be ~1 ms
 
@@ -510,7 +510,7 @@ def test_server_error_after_retries_keeps_status_and_message(
     client = client_for(kind, sim, max_retries=2)
     sim.fail_next("500", n=3)
     with pytest.raises(ProviderError) as info:
-        client.completion("hi")
+        client.respond("hi")
     assert info.value.status_code == 500
     assert info.value.retryable
     assert "server had an error" in str(info.value)
@@ -523,7 +523,7 @@ def test_unknown_model_is_a_404_with_the_providers_message(
 ) -> None:
     sim.known_models = frozenset({"another-model"})
     with pytest.raises(ProviderError) as info:
-        client_for(kind, sim).completion("hi")
+        client_for(kind, sim).respond("hi")
     assert len(sim.requests) == 1  # not retried
     assert info.value.status_code == 404
     assert not info.value.retryable
@@ -535,7 +535,7 @@ def test_unknown_model_is_a_404_with_the_providers_message(
 def test_context_window_overflow_is_its_own_error(kind: str, sim: ProviderSimulator) -> None:
     sim.context_window = 100
     with pytest.raises(ContextWindowExceededError) as info:
-        client_for(kind, sim).completion("word " * 400)
+        client_for(kind, sim).respond("word " * 400)
     assert len(sim.requests) == 1
     assert info.value.status_code == 400
     assert "context window exceeded" in str(info.value)
@@ -546,7 +546,7 @@ def test_context_window_overflow_is_its_own_error(kind: str, sim: ProviderSimula
 def test_auth_errors_are_not_retried(kind: str, sim: ProviderSimulator) -> None:
     sim.fail_next("401")
     with pytest.raises(ProviderError) as info:
-        client_for(kind, sim).completion("hi")
+        client_for(kind, sim).respond("hi")
     assert info.value.status_code == 401
     assert not info.value.retryable
     assert "Incorrect API key" in str(info.value)
@@ -558,11 +558,11 @@ def test_limiter_drops_on_429_and_recovers_on_success(kind: str, sim: ProviderSi
     sim.faults = FaultPlan(retry_after=0.001)
     client = client_for(kind, sim, max_concurrency=16, max_retries=6)
     sim.fail_next("429", n=3)
-    assert client.completion("hi").text == "echo:hi"
+    assert client.respond("hi").text == "echo:hi"
     assert client.limiter.limit == 16 // 8 + 1  # halved three times, then one success
     seen = [client.limiter.limit]
     for _ in range(5):
-        client.completion("hi")
+        client.respond("hi")
         seen.append(client.limiter.limit)
     assert seen == list(range(3, 9))
 
@@ -573,7 +573,7 @@ def test_a_stalled_request_times_out_as_a_retryable_error(sim: ProviderSimulator
     sim.fail_next("timeout")
     started = time.monotonic()
     with pytest.raises(ProviderError) as info:
-        client.completion("hi")
+        client.respond("hi")
     assert time.monotonic() - started < 2.5
     assert info.value.retryable and info.value.status_code is None
 
@@ -615,7 +615,7 @@ def test_transport_failures_are_recognised_across_http_stacks() -> None:
 
 def test_stream_is_never_requested(sim: ProviderSimulator) -> None:
     for kind in ("openai", "anthropic", "gemini"):
-        assert client_for(kind, sim).completion("hi", stream=True).text == "echo:hi"
+        assert client_for(kind, sim).respond("hi", stream=True).text == "echo:hi"
         assert "stream" not in sim.requests[-1].body, kind
 
 

@@ -86,8 +86,8 @@ def test_the_same_request_goes_on_the_wire(
         {"role": "user", "content": "héllo ✓"},  # non-ASCII survives either encoding
     ]
     for _ in range(2):  # the second direct call replays the learnt route
-        assert direct.completion(prompt, **sampling).text == "echo:héllo ✓"
-        assert through_sdk.completion(prompt, **sampling).text == "echo:héllo ✓"
+        assert direct.respond(prompt, **sampling).text == "echo:héllo ✓"
+        assert through_sdk.respond(prompt, **sampling).text == "echo:héllo ✓"
     views = [wire_view(r) for r in sim.requests]
     assert len(views) == 4
     assert views[0] == views[1] == views[2] == views[3]
@@ -119,7 +119,7 @@ def test_the_same_error_for_the_same_answer(
         else:
             sim.fail_next(fault)
         with pytest.raises(ProviderError) as info:
-            client.completion(prompt)
+            client.respond(prompt)
         errors.append(info.value)
     direct, through_sdk = errors
 
@@ -150,10 +150,10 @@ def test_a_connection_failure_is_a_retryable_error(kind: str, sim: ProviderSimul
         sim.faults = FaultPlan(timeout_seconds=3.0)
         sim.fail_next("timeout")
         with pytest.raises(ProviderError) as stalled:
-            client.completion("hi")
+            client.respond("hi")
         sim.fail_next("reset")
         with pytest.raises(ProviderError) as reset:
-            client.completion("hi")
+            client.respond("hi")
     finally:
         client.close()
         sim.faults = FaultPlan()
@@ -167,7 +167,7 @@ def test_an_answer_that_is_not_json_is_a_provider_error() -> None:
         client = OpenAIClient("m", api_key=KEY, base_url=sim.url + "/not-an-api", max_retries=0)
         try:
             with pytest.raises(ProviderError) as info:
-                client.completion("hi")
+                client.respond("hi")
         finally:
             client.close()
     assert info.value.status_code == 404
@@ -177,9 +177,9 @@ def test_a_body_that_is_not_json_is_a_configuration_error(sim: ProviderSimulator
     client = make("openai", sim, direct=True)
     try:
         with pytest.raises(ConfigurationError, match="not JSON"):
-            client.completion("hi", temperature=float("nan"))
+            client.respond("hi", temperature=float("nan"))
         with pytest.raises(ConfigurationError, match="not JSON"):
-            client.completion("hi", vendor_knob=object())
+            client.respond("hi", vendor_knob=object())
     finally:
         client.close()
 
@@ -217,7 +217,7 @@ def test_env_proxy_is_used_and_no_proxy_respected(
         "m", api_key=KEY, base_url="http://api.proxied.invalid/v1", direct_http=direct
     )
     try:
-        assert client.completion("via proxy").text == "echo:via proxy"
+        assert client.respond("via proxy").text == "echo:via proxy"
     finally:
         client.close()
     assert sim.requests[-1].headers["host"] == "api.proxied.invalid"
@@ -233,7 +233,7 @@ def test_env_proxy_is_used_and_no_proxy_respected(
     )
     try:
         with pytest.raises(ProviderError, match="connection failed"):
-            client.completion("direct to a host that does not resolve")
+            client.respond("direct to a host that does not resolve")
     finally:
         client.close()
 
@@ -296,7 +296,7 @@ def test_a_redirect_is_an_error_and_the_key_goes_nowhere_else(
         client = AnthropicClient("m", base_url=base, **kwargs)
     try:
         with pytest.raises(ProviderError, match="redirected") as info:
-            client.completion("hi")
+            client.respond("hi")
     finally:
         client.close()
         redirect.shutdown()

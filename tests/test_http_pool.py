@@ -95,15 +95,15 @@ from rlm.testing import ProviderSimulator
 sim = ProviderSimulator("FINAL(ok)")
 sim.start()
 client = {CLIENTS[kind]}
-print(client.completion("hi").text)
+print(client.respond("hi").text)
 del client  # never closed: collected
 gc.collect()
 time.sleep(0.3)
 client = {CLIENTS[kind]}
-print(client.completion("hi").text)  # never closed: still alive at exit
+print(client.respond("hi").text)  # never closed: still alive at exit
 rlm = RLM(backend="openai", backend_kwargs={{"model_name": "m", "base_url": sim.openai_base_url,
           "api_key": "x"}})
-print(rlm.completion("ctx").response)  # never closed: still alive at exit
+print(rlm.respond("ctx").response)  # never closed: still alive at exit
 """
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=60
@@ -117,11 +117,11 @@ def test_a_client_rebuilt_for_another_loop_closes_the_old_one() -> None:
     with ProviderSimulator("ok") as sim:
         client = OpenAIClient("m", base_url=sim.openai_base_url, api_key="x")
         try:
-            assert client.completion("a").text == "ok"  # the shared rlm loop
+            assert client.respond("a").text == "ok"  # the shared rlm loop
             first = client._client
-            assert asyncio.run(client.acompletion("b")).text == "ok"  # a private loop
+            assert asyncio.run(client.arespond("b")).text == "ok"  # a private loop
             assert client._client is not first
-            assert client.completion("c").text == "ok"  # back on the shared loop
+            assert client.respond("c").text == "ok"  # back on the shared loop
         finally:
             client.close()
         assert client._client is None and client._finalizer is None

@@ -95,7 +95,7 @@ def iteration(n: int, calls: list[SubcallRecord] = (), **kw: Any) -> RLMIteratio
 def completion(run: RunInfo, answer: str = "42", stop: str = "final_answer") -> RLMChatCompletion:
     summary = UsageSummary(
         {
-            "gpt-test": ModelUsageSummary(2, 300, 14, 0, 0.01),
+            "gpt-test": ModelUsageSummary(2, 300, 14, 0.01),
             "sub-model": ModelUsageSummary(1, 10, 3),
         }
     )

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.timeout(30)
 
 def test_list_is_consumed_in_order_and_calls_are_recorded() -> None:
     lm = ScriptedLM(responses=["one", "two"])
-    assert lm.completion("first").text == "one"
-    assert lm.completion([{"role": "user", "content": "second"}]).text == "two"
+    assert lm.respond("first").text == "one"
+    assert lm.respond([{"role": "user", "content": "second"}]).text == "two"
     assert lm.calls == [
         [{"role": "user", "content": "first"}],
         [{"role": "user", "content": "second"}],
@@ -29,9 +29,9 @@ def test_list_is_consumed_in_order_and_calls_are_recorded() -> None:
 
 def test_exhausted_script_raises_a_non_retryable_provider_error() -> None:
     lm = ScriptedLM(responses=["only"], max_retries=3)
-    lm.completion("a")
+    lm.respond("a")
     with pytest.raises(ProviderError, match="exhausted after 1 replies") as info:
-        lm.completion("b")
+        lm.respond("b")
     assert info.value.provider == "scripted"
     assert info.value.retryable is False
     assert len(lm.calls) == 2  # not retried
@@ -40,7 +40,7 @@ def test_exhausted_script_raises_a_non_retryable_provider_error() -> None:
 def test_callable_gets_the_messages() -> None:
     lm = ScriptedLM("echo", responses=lambda messages: messages[-1]["content"][::-1])
     prompt = [{"role": "system", "content": "sys"}, {"role": "user", "content": "abc"}]
-    response = lm.completion(prompt)
+    response = lm.respond(prompt)
     assert response.text == "cba"
     assert response.model == "echo"
     assert lm.calls == [prompt]
@@ -52,7 +52,7 @@ def test_async_callable_is_awaited() -> None:
         await asyncio.sleep(0)
         return "awaited"
 
-    assert ScriptedLM(responses=reply).completion("x").text == "awaited"
+    assert ScriptedLM(responses=reply).respond("x").text == "awaited"
 
 
 def test_callable_failure_becomes_provider_error() -> None:
@@ -60,23 +60,23 @@ def test_callable_failure_becomes_provider_error() -> None:
         raise KeyError("boom")
 
     with pytest.raises(ProviderError, match="KeyError") as info:
-        ScriptedLM(responses=reply, max_retries=0).completion("x")
+        ScriptedLM(responses=reply, max_retries=0).respond("x")
     assert info.value.retryable is False
     with pytest.raises(ProviderError, match="returned int"):
-        ScriptedLM(responses=lambda m: 42, max_retries=0).completion("x")
+        ScriptedLM(responses=lambda m: 42, max_retries=0).respond("x")
 
 
 def test_exception_items_are_raised_and_retryable_ones_retried() -> None:
     flaky = ProviderError("try again", provider="scripted", status_code=429, retryable=True)
     lm = ScriptedLM(responses=[flaky, "after retry"], max_retries=2, retry_base_delay=0.001)
-    assert lm.completion("x").text == "after retry"
+    assert lm.respond("x").text == "after retry"
     assert len(lm.calls) == 2
 
 
 def test_usage_counts_characters_over_four() -> None:
     lm = ScriptedLM(responses=["r" * 9])
     prompt = [{"role": "system", "content": "s" * 5}, {"role": "user", "content": "u" * 6}]
-    usage = lm.completion(prompt).usage
+    usage = lm.respond(prompt).usage
     assert usage.input_tokens == math.ceil(11 / 4) == 3
     assert usage.output_tokens == math.ceil(9 / 4) == 3
     assert usage.cost is None
@@ -84,10 +84,10 @@ def test_usage_counts_characters_over_four() -> None:
 
 def test_cost_only_from_explicit_prices() -> None:
     prices = {"input": 1.0, "output": 2.0}
-    priced = ScriptedLM(responses=["abcd"], prices=prices).completion("abcdefgh")
+    priced = ScriptedLM(responses=["abcd"], prices=prices).respond("abcdefgh")
     assert priced.usage.cost == pytest.approx((2 * 1.0 + 1 * 2.0) / 1_000_000)
     # A scripted model named like a real one is not priced from the table.
-    unpriced = ScriptedLM("gpt-5", responses=["abcd"]).completion("abcdefgh")
+    unpriced = ScriptedLM("gpt-5", responses=["abcd"]).respond("abcdefgh")
     assert unpriced.usage.cost is None
 
 
@@ -96,7 +96,7 @@ def test_concurrent_acompletion_hands_out_each_reply_once() -> None:
     lm = ScriptedLM(responses=[f"reply-{i}" for i in range(n)], latency=0.01)
 
     async def many() -> list[str]:
-        results = await asyncio.gather(*(lm.acompletion(f"q{i}") for i in range(n)))
+        results = await asyncio.gather(*(lm.arespond(f"q{i}") for i in range(n)))
         return [r.text for r in results]
 
     texts = run_sync(many(), timeout=20)
@@ -111,7 +111,7 @@ def test_threads_share_one_script_safely() -> None:
 
     def worker() -> None:
         for _ in range(8):
-            text = lm.completion("x").text
+            text = lm.respond("x").text
             with lock:
                 out.append(text)
 
@@ -125,7 +125,7 @@ def test_threads_share_one_script_safely() -> None:
 
 def test_latency_is_applied() -> None:
     lm = ScriptedLM(responses=["slow"], latency=0.05)
-    assert lm.completion("x").latency >= 0.04
+    assert lm.respond("x").latency >= 0.04
 
 
 def test_bad_arguments() -> None:
@@ -138,4 +138,4 @@ def test_bad_arguments() -> None:
 def test_registered_as_scripted() -> None:
     lm = get_client("scripted", {"responses": ["via registry"]})
     assert isinstance(lm, ScriptedLM)
-    assert lm.completion("x").text == "via registry"
+    assert lm.respond("x").text == "via registry"

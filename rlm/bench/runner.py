@@ -209,7 +209,7 @@ def _run_rlm(config: BenchConfig, backends: Backends, task: Task) -> dict[str, A
 def _run_plain(client: BaseLM, task: Task) -> dict[str, Any]:
     started = time.monotonic()
     try:
-        response = client.completion(task.context + "\n\n" + task.question)
+        response = client.respond(task.context + "\n\n" + task.question)
     except ConfigurationError:
         raise
     except RLMError as exc:

@@ -1,7 +1,13 @@
 """`BaseLM`: what every provider client implements, and what they share.
 
 A client is created once per configured backend and lives as long as its `RLM` (one SDK client,
-one connection pool). `acompletion` is the primitive; `completion` runs it on the shared loop.
+one connection pool). `arespond` is the primitive (an `LMResponse` with that call's own usage);
+`respond` runs it on the shared loop. `completion`/`acompletion` return the text only and
+`get_usage_summary`/`get_last_usage` report usage, as the reference's clients do.
+
+Two kinds of subclass: ours implement `_acomplete` for one provider; a reference-style one
+implements `completion` and/or `acompletion` returning `str` (and optionally `get_last_usage`).
+`arespond` serves both, so either kind plugs into `RLM` and the `LMHandler`.
 The base class owns what must behave the same for every provider: normalising prompts, merging
 sampling arguments, retries with exponential backoff and jitter (honouring Retry-After), the
 adaptive concurrency limit, and pricing calls that the provider did not price.
@@ -15,16 +21,25 @@ import collections
 import concurrent.futures
 import contextlib
 import random
+import threading
 import time
 import weakref
-from abc import ABC, abstractmethod
+from abc import ABC
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import replace
 from typing import Any, ClassVar
 
 from rlm.clients.pricing import lookup_price, price_usage
-from rlm.core.aio import on_loop, run_sync
-from rlm.core.types import LMResponse, Message, Prompt, to_messages
+from rlm.core.aio import on_loop, run_sync, to_thread
+from rlm.core.types import (
+    LMResponse,
+    Message,
+    ModelUsageSummary,
+    Prompt,
+    Usage,
+    UsageSummary,
+    to_messages,
+)
 from rlm.errors import ConfigurationError, ProviderError
 
 DEFAULT_TIMEOUT = 300.0
@@ -79,8 +94,49 @@ class AdaptiveLimiter:
                 waiter.set_result(None)
 
 
-class BaseLM(ABC):
-    """A language-model client. Subclasses implement `_acomplete` for one provider."""
+class _ClientUsage:
+    """Usage of every call one client made, per model, and of its last call (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._models: dict[str, ModelUsageSummary] = {}
+        self._last = ModelUsageSummary()
+
+    def record(self, model: str, usage: Usage) -> None:
+        last = ModelUsageSummary()
+        last.add(usage)
+        with self._lock:
+            self._models.setdefault(model, ModelUsageSummary()).add(usage)
+            self._last = last
+
+    def summary(self) -> UsageSummary:
+        with self._lock:
+            return UsageSummary({k: replace(v) for k, v in self._models.items()})
+
+    def last(self) -> ModelUsageSummary:
+        with self._lock:
+            return replace(self._last)
+
+
+def _usage_of(summary: Any) -> Usage:
+    """A reference client's `get_last_usage()` (a ModelUsageSummary) as one call's `Usage`."""
+    if summary is None:
+        return Usage()
+    cost = getattr(summary, "total_cost", None)
+    return Usage(
+        input_tokens=int(getattr(summary, "total_input_tokens", 0) or 0),
+        output_tokens=int(getattr(summary, "total_output_tokens", 0) or 0),
+        cost=None if cost is None else float(cost),
+    )
+
+
+class BaseLM(ABC):  # noqa: B024 - abstract in spirit: either contract below must be implemented
+    """A language-model client.
+
+    Implement either `_acomplete` (our contract: messages in, `LMResponse` with usage out) or,
+    as with the reference, `completion` / `acompletion` returning `str`, plus `get_last_usage`
+    when the client knows its token counts.
+    """
 
     provider: ClassVar[str] = "base"
 
@@ -109,10 +165,19 @@ class BaseLM(ABC):
         self._client: Any = None  # the SDK client or rlm's own connection, see _sdk_client
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._usage = _ClientUsage()
 
-    @abstractmethod
     async def _acomplete(self, messages: list[Message], sampling: dict[str, Any]) -> LMResponse:
         """One request to the provider. Translate SDK errors to `ProviderError` here."""
+        raise NotImplementedError(f"{type(self).__name__} implements no completion method")
+
+    @classmethod
+    def _is_reference_style(cls) -> bool:
+        """True for a subclass written for the reference: it overrides `completion` or
+        `acompletion` and not `_acomplete`."""
+        return cls._acomplete is BaseLM._acomplete and (
+            cls.completion is not BaseLM.completion or cls.acompletion is not BaseLM.acompletion
+        )
 
     def _make_client(self) -> Any:
         """Build the client's connection for the running loop: its SDK's async client, or an
@@ -153,9 +218,17 @@ class BaseLM(ABC):
         if client is not None:
             await self._close_client(client)
 
-    async def acompletion(self, prompt: Prompt, **sampling: Any) -> LMResponse:
-        """Complete a prompt: retries, concurrency limit and pricing included."""
-        messages = to_messages(prompt)
+    async def arespond(self, prompt: Prompt, **sampling: Any) -> LMResponse:
+        """Complete a prompt: the text with this call's usage, retries, concurrency limit and
+        pricing included. Every call `rlm` itself makes goes through here."""
+        if self._is_reference_style():
+            response = await self._arespond_reference(prompt, sampling)
+        else:
+            response = await self._arespond_own(to_messages(prompt), sampling)
+        self._usage.record(response.model or self.model_name, response.usage)
+        return response
+
+    async def _arespond_own(self, messages: list[Message], sampling: dict[str, Any]) -> LMResponse:
         args = {**self.sampling_args, **sampling}
         attempt = 0
         while True:
@@ -189,9 +262,68 @@ class BaseLM(ABC):
         ]
         return max(caps) if caps else None
 
-    def completion(self, prompt: Prompt, **sampling: Any) -> LMResponse:
-        """Synchronous `acompletion` (runs on the shared rlm event loop)."""
-        return run_sync(on_loop(self.acompletion(prompt, **sampling)))
+
+    async def _arespond_reference(self, prompt: Prompt, sampling: dict[str, Any]) -> LMResponse:
+        """A reference-style subclass's own method, given the prompt as the caller wrote it.
+
+        Its `acompletion` is awaited; a sync-only subclass (no `acompletion`, or one raising
+        NotImplementedError) has `completion` run on a worker thread. Usage is its
+        `get_last_usage()`, read right after the call, when it has one; the retries are its
+        own, and sampling arguments other than its `sampling_args` cannot reach it.
+        """
+        if sampling:
+            raise ConfigurationError(
+                f"{type(self).__name__} takes no per-call sampling arguments "
+                f"(got {sorted(sampling)}); set them in its sampling_args"
+            )
+        cls = type(self)
+        started = time.monotonic()
+        await self.limiter.acquire()
+        try:
+            text: Any = None
+            if cls.acompletion is not BaseLM.acompletion:
+                try:
+                    text = await self.acompletion(prompt)
+                except NotImplementedError:
+                    if cls.completion is BaseLM.completion:
+                        raise
+            if text is None:
+                text = await to_thread(self.completion, prompt)
+            usage = _usage_of(self.get_last_usage()) if self._reports_last_usage() else Usage()
+        finally:
+            await self.limiter.release(rate_limited=False)
+        if not isinstance(text, str):
+            raise ProviderError(
+                f"{cls.__name__}.completion returned {type(text).__name__}, not str",
+                provider=self.provider,
+            )
+        return self._priced(
+            LMResponse(text, self.model_name, usage, latency=time.monotonic() - started)
+        )
+
+    def _reports_last_usage(self) -> bool:
+        return type(self).get_last_usage is not BaseLM.get_last_usage
+
+    def respond(self, prompt: Prompt, **sampling: Any) -> LMResponse:
+        """Synchronous `arespond` (runs on the shared rlm event loop)."""
+        return run_sync(on_loop(self.arespond(prompt, **sampling)))
+
+    async def acompletion(self, prompt: Prompt, **sampling: Any) -> str:
+        """The reference's call: the completion's text (`arespond` keeps its usage too)."""
+        return (await self.arespond(prompt, **sampling)).text
+
+    def completion(self, prompt: Prompt, **sampling: Any) -> str:
+        """The reference's call: the completion's text (`respond` keeps its usage too)."""
+        return self.respond(prompt, **sampling).text
+
+    def get_usage_summary(self) -> UsageSummary:
+        """Usage of every call this client made, per model that served it."""
+        return self._usage.summary()
+
+    def get_last_usage(self) -> ModelUsageSummary:
+        """Usage of this client's latest call. Under concurrent calls "latest" is whichever
+        finished last: per-call usage is `respond(...).usage`."""
+        return self._usage.last()
 
     def close(self) -> None:
         run_sync(on_loop(self.aclose()))

@@ -526,7 +526,7 @@ class LMHandler:
             )
             if key is not None and (hit := await cache.aget(key)) is not None:
                 return hit
-        response = await client.acompletion(prompt, **sampling)
+        response = await client.arespond(prompt, **sampling)
         if cache is not None and key is not None:
             await cache.aput(key, response)
         return response

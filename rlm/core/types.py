@@ -11,7 +11,15 @@ import json
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from types import ModuleType
 from typing import Any, Literal, TypeAlias
+
+ClientBackend: TypeAlias = str
+"""A backend name ("openai", "anthropic", ... or a plugin's); the reference's alias, kept open
+because plugins register more names than a Literal could list."""
+
+EnvironmentType: TypeAlias = str
+"""An environment name ("local", "process", "docker", "modal", "e2b" or a plugin's)."""
 
 Message: TypeAlias = dict[str, Any]
 """A chat message: {"role": "system" | "user" | "assistant", "content": str}."""
@@ -29,6 +37,25 @@ StopReason: TypeAlias = Literal[
     "cancelled",
     "error",
 ]
+
+
+def _serialize_value(value: Any) -> Any:
+    """`value` as JSON data for logs: containers walked, callables and modules named, the rest
+    repr()'d. Named as in the reference, whose users call it on REPL locals."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, ModuleType):
+        return f"<module '{value.__name__}'>"
+    if isinstance(value, (list, tuple)):
+        return [_serialize_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _serialize_value(v) for k, v in value.items()}
+    if callable(value):
+        return f"<{type(value).__name__} '{getattr(value, '__name__', repr(value))}'>"
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
 
 
 def to_messages(prompt: Prompt) -> list[Message]:
@@ -109,11 +136,13 @@ class LMResponse:
 
 @dataclass
 class ModelUsageSummary:
+    """Usage of one model. The first four fields keep the reference's positional order."""
+
     total_calls: int = 0
     total_input_tokens: int = 0
     total_output_tokens: int = 0
-    total_cached_tokens: int = 0
     total_cost: float | None = None
+    total_cached_tokens: int = 0
     unpriced_calls: int = 0
     cache_hits: int = 0  # calls answered by the sub-call cache (counted in total_calls too)
 
@@ -252,19 +281,26 @@ class REPLResult:
 
     stdout: str = ""
     stderr: str = ""
-    locals: dict[str, str] = field(default_factory=dict)  # name -> short type/repr summary
+    # name -> short type/repr summary (our environments); any values where a user builds one
+    locals: dict[str, Any] = field(default_factory=dict)
     execution_time: float = 0.0
-    rlm_calls: list[SubcallRecord] = field(default_factory=list)
+    rlm_calls: list[Any] = field(default_factory=list)  # SubcallRecord (or RLMChatCompletion)
     final_answer: str | None = None
     final_value: Any = None  # the value FINAL/FINAL_VAR/answer returned, JSON-compatible
     error: str | None = None  # "ExceptionType: message" when the cell raised
     timed_out: bool = False
 
+    def __str__(self) -> str:
+        return (
+            f"REPLResult(stdout={self.stdout}, stderr={self.stderr}, locals={self.locals}, "
+            f"execution_time={self.execution_time}, rlm_calls={len(self.rlm_calls)})"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "stdout": self.stdout,
             "stderr": self.stderr,
-            "locals": dict(self.locals),
+            "locals": {k: _serialize_value(v) for k, v in self.locals.items()},
             "execution_time": self.execution_time,
             "rlm_calls": [c.to_dict() for c in self.rlm_calls],
             "final_answer": self.final_answer,
@@ -286,16 +322,17 @@ class CodeBlock:
 class RLMIteration:
     """One root turn: the messages added since the previous request, the reply, its cells."""
 
-    prompt: list[Message]
+    prompt: list[Message] | str
     response: str
     code_blocks: list[CodeBlock]
-    final_answer: str | None
-    iteration_time: float
+    final_answer: str | None = None
+    iteration_time: float | None = None
     usage: Usage = field(default_factory=Usage)
 
     def to_dict(self) -> dict[str, Any]:
+        prompt = self.prompt if isinstance(self.prompt, str) else [dict(m) for m in self.prompt]
         return {
-            "prompt": [dict(m) for m in self.prompt],
+            "prompt": prompt,
             "response": self.response,
             "code_blocks": [b.to_dict() for b in self.code_blocks],
             "final_answer": self.final_answer,
@@ -304,26 +341,33 @@ class RLMIteration:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class QueryMetadata:
-    """What the root LM is told about `context`: its type and sizes, never its content."""
+    """What the root LM is told about `context`: its type and sizes, never its content.
 
-    context_type: str
-    context_total_length: int
+    Built from the context itself, `QueryMetadata(context)`, as in the reference.
+    """
+
     context_lengths: list[int]
+    context_total_length: int
+    context_type: str
+
+    def __init__(self, context: Any) -> None:
+        if isinstance(context, str):
+            kind, lengths = "str", [len(context)]
+        elif isinstance(context, dict):
+            kind, lengths = "dict", [_length(v) for v in context.values()]
+        elif isinstance(context, Sequence) and not isinstance(context, (bytes, bytearray)):
+            kind, lengths = type(context).__name__, [_length(v) for v in context]
+        else:
+            kind, lengths = type(context).__name__, [_length(context)]
+        object.__setattr__(self, "context_type", kind)
+        object.__setattr__(self, "context_lengths", lengths)
+        object.__setattr__(self, "context_total_length", sum(lengths))
 
     @classmethod
     def of(cls, context: Any) -> QueryMetadata:
-        if isinstance(context, str):
-            return cls("str", len(context), [len(context)])
-        if isinstance(context, dict):
-            lengths = [_length(v) for v in context.values()]
-            return cls("dict", sum(lengths), lengths)
-        if isinstance(context, Sequence) and not isinstance(context, (bytes, bytearray)):
-            lengths = [_length(v) for v in context]
-            return cls(type(context).__name__, sum(lengths), lengths)
-        n = _length(context)
-        return cls(type(context).__name__, n, [n])
+        return cls(context)
 
 
 def _length(value: Any) -> int:
@@ -361,7 +405,7 @@ class RLMChatCompletion:
             "response": self.response,
             "usage_summary": self.usage_summary.to_dict(),
             "execution_time": self.execution_time,
-            "metadata": self.metadata,
+            **({"metadata": self.metadata} if self.metadata is not None else {}),
             "stop_reason": self.stop_reason,
             "error": self.error,
             "value": self.value,
@@ -384,3 +428,32 @@ class RLMChatCompletion:
             run_id=data.get("run_id", ""),
             iterations=int(data.get("iterations", 0)),
         )
+
+
+@dataclass
+class RLMMetadata:
+    """An RLM's configuration as a trajectory's `run_metadata` records it (reference shape)."""
+
+    root_model: str
+    max_depth: int
+    max_iterations: int
+    backend: str
+    backend_kwargs: dict[str, Any]
+    environment_type: str
+    environment_kwargs: dict[str, Any]
+    other_backends: list[str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON data; secrets (API keys, tokens, ...) in the kwargs are left out."""
+        from rlm.utils.rlm_utils import filter_sensitive_keys
+
+        return {
+            "root_model": self.root_model,
+            "max_depth": self.max_depth,
+            "max_iterations": self.max_iterations,
+            "backend": self.backend,
+            "backend_kwargs": _serialize_value(filter_sensitive_keys(self.backend_kwargs)),
+            "environment_type": self.environment_type,
+            "environment_kwargs": _serialize_value(filter_sensitive_keys(self.environment_kwargs)),
+            "other_backends": self.other_backends,
+        }
