@@ -48,11 +48,12 @@ from rlm.logger import RLMLogger
 
 __version__ = "0.1.0"
 
+# Names a subpackage exports (BaseLM, get_client, BaseEnv, get_environment, RLMLogger, ...) are
+# importable from here but listed only in that subpackage's __all__, so no name is exported by
+# two modules (the reference's import tests check this).
 __all__ = [
     "RLM",
     "AuthenticationError",
-    "BaseEnv",
-    "BaseLM",
     "BudgetExceededError",
     "CancellationError",
     "CodeBlock",
@@ -71,16 +72,12 @@ __all__ = [
     "RLMChatCompletion",
     "RLMError",
     "RLMIteration",
-    "RLMLogger",
     "RemoteError",
     "SandboxError",
-    "ScriptedLM",
     "SubcallCache",
     "SubcallLimitExceededError",
     "TimeoutExceededError",
     "TokenLimitExceededError",
     "UsageSummary",
     "__version__",
-    "get_client",
-    "get_environment",
 ]

@@ -23,6 +23,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -271,17 +272,37 @@ def _call_back(callback: RecordCallback | None, record: SubcallRecord) -> None:
         logger.exception("a sub-call callback raised; the request itself is unaffected")
 
 
-async def _gather_items(items: Sequence[Coroutine[Any, Any, dict[str, Any]]]) -> dict[str, Any]:
-    """Run batch items concurrently; one failing item is an error in its own slot only."""
+async def _gather_items(
+    items: Sequence[Coroutine[Any, Any, dict[str, Any]]], limit: int | None = None
+) -> dict[str, Any]:
+    """Run batch items concurrently (at most `limit` at once); one failing item is an error in
+    its own slot only."""
+    slots = asyncio.Semaphore(limit) if limit else None
 
     async def one(item: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
         try:
-            return {"result": await item}
+            if slots is None:
+                return {"result": await item}
+            async with slots:
+                return {"result": await item}
         except Exception as exc:
             _log_failure(exc, "a batch item")
             return {"error": _error_payload(exc)}
 
     return {"results": list(await asyncio.gather(*(one(item) for item in items)))}
+
+
+_RUNNING: weakref.WeakValueDictionary[tuple[str, int], LMHandler] = weakref.WeakValueDictionary()
+
+
+def running_handler(address: tuple[str, int]) -> LMHandler | None:
+    """The started LMHandler of this process listening at `address`, if any.
+
+    How in-process callers that know only an address (the reference's `LocalREPL(
+    lm_handler_address=...)`, `send_lm_request`) reach a handler without weakening its
+    authentication: they ask it for a session here instead of connecting without a token.
+    """
+    return _RUNNING.get((str(address[0]), int(address[1])))
 
 
 class LMHandler:
@@ -302,6 +323,7 @@ class LMHandler:
         max_session_connections: int = 256,
         max_pending_hellos: int = 128,
         cache: SubcallCache | None = None,
+        batch_max_concurrent: int | None = None,
     ) -> None:
         limits = (max_connections, max_in_flight, max_session_connections, max_pending_hellos)
         if min(limits) < 1:
@@ -309,6 +331,9 @@ class LMHandler:
                 "max_connections, max_in_flight, max_session_connections and "
                 "max_pending_hellos must be >= 1"
             )
+        if batch_max_concurrent is not None and batch_max_concurrent < 1:
+            raise ConfigurationError("batch_max_concurrent must be >= 1")
+        self.batch_max_concurrent = batch_max_concurrent  # items of one batch at once (None: all)
         self.router = Router(client, others=other_clients, by_depth=depth_clients)
         self.cache = cache  # the sub-call cache (rlm.core.cache), None when off
         self.host = host
@@ -349,6 +374,7 @@ class LMHandler:
                 host, port = server.sockets[0].getsockname()[:2]
                 self._server = server
                 self.address = (host, port)
+                _RUNNING[self.address] = self
             return self.address
 
     def stop(self) -> None:
@@ -367,7 +393,9 @@ class LMHandler:
             await asyncio.wait(tasks, timeout=1.0)
 
     def _shutdown(self) -> list[asyncio.Task[Any]]:
-        server, self._server, self.address = self._server, None, None
+        server, self._server, address, self.address = self._server, None, self.address, None
+        if address is not None and _RUNNING.get(address) is self:
+            del _RUNNING[address]
         if server is not None:
             server.close()
         tasks: list[asyncio.Task[Any]] = []
@@ -376,6 +404,14 @@ class LMHandler:
         self._conns.clear()
         self._pending.clear()
         return tasks
+
+    def __enter__(self) -> LMHandler:
+        """Start (as the reference's handler does); `stop()` on exit."""
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     @property
     def open_connections(self) -> int:
@@ -761,7 +797,8 @@ class LMHandler:
         if kind == "llm_batch":
             prompts = _list_field(message, "prompts")
             _wire_sampling(message)  # a bad sampling argument fails the request, not each item
-            return await _gather_items([self._llm(session, p, message) for p in prompts])
+            items = [self._llm(session, p, message) for p in prompts]
+            return await _gather_items(items, self.batch_max_concurrent)
         if kind == "rlm":
             return await self._rlm(
                 session,
@@ -782,7 +819,7 @@ class LMHandler:
                     self._rlm(session, p, c, True, message)
                     for p, c in zip(prompts, contexts, strict=True)
                 ]
-            return await _gather_items(items)
+            return await _gather_items(items, self.batch_max_concurrent)
         if kind == "tool":
             return await self._tool(session, depth, message)
         raise ProtocolError(f"unknown request type {kind!r}; expected one of {REQUEST_TYPES}")

@@ -39,15 +39,21 @@ _LAZY = {
     "ToolSpec": "rlm.environments.base",
     "LocalREPL": "rlm.environments.local",
     "IPythonREPL": "rlm.environments.ipython",
+    "IsolatedEnv": "rlm.environments.isolated",
+    "NonIsolatedEnv": "rlm.environments.base_env",
+    "SupportsPersistence": "rlm.environments.base_env",
 }
 
+# ENTRY_POINT_GROUP is left out of __all__: rlm.clients exports its own under that name.
 __all__ = [
     "BUILTIN_ENVIRONMENTS",
-    "ENTRY_POINT_GROUP",
     "BaseEnv",
     "HandlerEndpoint",
     "IPythonREPL",
+    "IsolatedEnv",
     "LocalREPL",
+    "NonIsolatedEnv",
+    "SupportsPersistence",
     "ToolSpec",
     "available_environments",
     "environment_class",

@@ -4,6 +4,13 @@ Fast and dependency-free, and NOT a sandbox: code in a cell can do anything this
 (read files, environment variables, import anything). Use it for trusted code; the isolated
 environments ("process", "docker", ...) run the same runtime in a separate process.
 
+Constructed by `RLM` with a `HandlerEndpoint`, or by hand as in the reference
+(`LocalREPL(lm_handler_address=handler.address, context_payload=..., setup_code=...,
+custom_tools=...)`, then `execute_code`, `locals`, `add_context`, `cleanup`). Unlike the
+reference, cells do not `chdir` into `temp_dir` (the working directory is process-wide, so one
+REPL's cell would move every other thread's file I/O); `temp_dir` is there for code that wants
+a scratch folder.
+
 Output is captured per thread (`rlm.runtime.capture`), so several LocalREPLs can run cells at
 once in different threads. The cell timeout is enforced by a watchdog thread that injects
 `CellTimeout` into the running thread. Python checks for such an exception only between
@@ -17,16 +24,21 @@ from __future__ import annotations
 import copy
 import ctypes
 import math
+import shutil
+import tempfile
 import threading
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from rlm.core.types import Message, REPLResult
-from rlm.environments.base import BaseEnv, HandlerEndpoint
+from rlm.environments._reference import HandlerLease, ReferenceREPLMethods, split_custom_tools
+from rlm.environments.base import DEFAULT_CELL_TIMEOUT, DEFAULT_MAX_OUTPUT_CHARS, HandlerEndpoint
+from rlm.environments.base import ToolSpec
+from rlm.environments.base_env import NonIsolatedEnv
 from rlm.errors import ConfigurationError, ContextLoadError, SandboxError
 from rlm.runtime.protocol import Connection
 from rlm.runtime.repl import CellTimeout, Repl
 
-_ACCEPTED = ("handler", "depth", "timeout", "max_output_chars", "tools")
 _MAX_CONTEXT_DEPTH = 500
 
 
@@ -87,9 +99,12 @@ class _TimedRepl(Repl):
 
 
 class _LazyChannel:
-    """Connects to the LMHandler on the first request, so an env that never calls costs nothing."""
+    """Connects to the LMHandler on the first request, so an env that never calls costs nothing.
 
-    def __init__(self, endpoint: HandlerEndpoint) -> None:
+    `endpoint` may be a function that finds it then (a reference-style `lm_handler_address`).
+    """
+
+    def __init__(self, endpoint: HandlerEndpoint | Callable[[], HandlerEndpoint]) -> None:
         self._endpoint = endpoint
         self._lock = threading.Lock()
         self._conn: Connection | None = None
@@ -100,7 +115,7 @@ class _LazyChannel:
             if self._closed:
                 raise SandboxError("the environment was cleaned up")
             if self._conn is None or self._conn.closed:
-                e = self._endpoint
+                e = self._endpoint if isinstance(self._endpoint, HandlerEndpoint) else self._endpoint()
                 self._conn = Connection.connect(e.host, e.port, e.token)
             return self._conn
 
@@ -154,20 +169,53 @@ def _json_copy(
     )
 
 
-class LocalREPL(BaseEnv):
-    """Runs cells in-process. Not a security boundary (see the module docstring)."""
+class LocalREPL(ReferenceREPLMethods, NonIsolatedEnv):
+    """Runs cells in-process. Not a security boundary (see the module docstring).
+
+    Our keywords (`RLM` passes them): `handler`, `depth`, `timeout`, `max_output_chars`,
+    `tools`. The reference's: `lm_handler_address` (an LMHandler this process started),
+    `context_payload`, `setup_code` (run once; a failure is a ConfigurationError),
+    `custom_tools` (bound directly: this REPL is in-process anyway), `persistent` (this REPL
+    always keeps its namespace while it lives), `compaction` (binds `history` from the start),
+    `max_concurrent_subcalls` (the LMHandler bounds concurrency; accepted for the signature).
+    """
 
     name = "local"
     isolated = False
 
-    def __init__(self, **kwargs: Any) -> None:
-        unknown = sorted(set(kwargs) - set(_ACCEPTED))
-        if unknown:
+    def __init__(
+        self,
+        lm_handler_address: tuple[str, int] | None = None,
+        context_payload: Any = None,
+        setup_code: str | None = None,
+        persistent: bool = False,
+        depth: int = 0,
+        subcall_fn: Callable[..., Any] | None = None,
+        custom_tools: Mapping[str, Any] | None = None,
+        custom_sub_tools: Mapping[str, Any] | None = None,
+        compaction: bool = False,
+        max_concurrent_subcalls: int = 4,
+        *,
+        handler: HandlerEndpoint | None = None,
+        timeout: float | None = DEFAULT_CELL_TIMEOUT,
+        max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
+        tools: Mapping[str, ToolSpec] | None = None,
+    ) -> None:
+        if subcall_fn is not None:
             raise ConfigurationError(
-                f"unknown keyword argument(s) for environment 'local': {', '.join(unknown)}; "
-                f"accepted: {', '.join(_ACCEPTED)}"
+                "subcall_fn is not supported: child RLMs are started by the LMHandler session "
+                "(use RLM(max_depth=2) for rlm_query)"
             )
-        super().__init__(**kwargs)
+        if handler is not None and lm_handler_address is not None:
+            raise ConfigurationError("pass either handler or lm_handler_address, not both")
+        del persistent, custom_sub_tools, max_concurrent_subcalls  # see the class docstring
+        super().__init__(
+            handler=handler,
+            depth=depth,
+            timeout=timeout,
+            max_output_chars=max_output_chars,
+            tools=tools,
+        )
         if self.timeout is not None and not self.timeout > 0:
             raise ConfigurationError(
                 f"timeout must be a positive number of seconds or None, got {self.timeout!r}"
@@ -176,20 +224,59 @@ class LocalREPL(BaseEnv):
             raise ConfigurationError(
                 f"max_output_chars must be positive, got {self.max_output_chars}"
             )
-        self._channel = _LazyChannel(self.handler) if self.handler is not None else None
-        tools = {
+        self._init_reference_state()
+        callables, specs = split_custom_tools(custom_tools)
+        self.lm_handler_address = lm_handler_address
+        self._lease: HandlerLease | None = None
+        self._channel: _LazyChannel | None = None
+        self._connect(lm_handler_address)
+        repl_tools = {
             name: {"description": spec.description, "callable": spec.callable, "value": spec.value}
             for name, spec in self.tools.items()
         }
+        for name, spec in specs.items():  # in-process: the user's own objects, bound as they are
+            value = callables.get(name, spec.value)
+            repl_tools[name] = {"description": spec.description, "callable": False, "value": value}
         self._repl = _TimedRepl(
             self._channel,
             depth=self.depth,
             capture_chars=max(1_000_000, 10 * self.max_output_chars),
-            tools=tools,
+            tools=repl_tools,
         )
         self._repl.timeout = self.timeout
         self._lock = threading.Lock()  # one cell at a time: the namespace is shared
         self._closed = False
+        self._temp_dir: str | None = None
+        if compaction:
+            self._repl.namespace["history"] = []
+        if context_payload is not None:
+            self.load_context(context_payload)
+        if setup_code:
+            result = self.execute(setup_code)
+            if result.error is not None or result.timed_out:
+                self.cleanup()
+                raise ConfigurationError(f"setup_code failed: {result.stderr.strip()}")
+
+    def _connect(self, address: tuple[str, int] | None) -> None:
+        if self._channel is not None:
+            self._channel.close()
+        if self._lease is not None:
+            self._lease.close()
+        self._lease = None
+        if address is not None:
+            self._lease = HandlerLease(address)
+            self._channel = _LazyChannel(self._lease.endpoint)
+        elif self.handler is not None:
+            self._channel = _LazyChannel(self.handler)
+        else:
+            self._channel = None
+        if hasattr(self, "_repl"):
+            self._repl.channel = self._channel
+
+    def update_handler_address(self, address: tuple[str, int]) -> None:
+        """Send later `llm_query` calls to the LMHandler this process started at `address`."""
+        self.lm_handler_address = (str(address[0]), int(address[1]))
+        self._connect(self.lm_handler_address)
 
     def __enter__(self) -> LocalREPL:
         return self
@@ -199,6 +286,18 @@ class LocalREPL(BaseEnv):
         """The live namespace (for inspection and tests)."""
         return self._repl.namespace
 
+    @property
+    def locals(self) -> dict[str, Any]:
+        """The live namespace, under the reference's name (empty after `cleanup`)."""
+        return self._repl.namespace
+
+    @property
+    def temp_dir(self) -> str:
+        """A scratch folder of this REPL, made on first use and removed by `cleanup`."""
+        if self._temp_dir is None:
+            self._temp_dir = tempfile.mkdtemp(prefix="rlm_repl_")
+        return self._temp_dir
+
     def load_context(self, context: Any, index: int = 0) -> None:
         """Bind a deep copy of `context` as `context_{index}` (and `context` for index 0)."""
         try:
@@ -206,9 +305,14 @@ class LocalREPL(BaseEnv):
         except RecursionError:
             raise ContextLoadError("context is nested too deeply") from None
         self._repl.load_context(value, index)
+        self._note_context(index)
 
-    def add_history(self, history: list[Message], index: int = 0) -> None:
+    def add_history(self, history: list[Message], index: int | None = None) -> int:
+        """Bind a copy of `history` as `history_{index}` (the next free index by default)."""
+        index = self._next_history_index(index)
         self._repl.add_history(copy.deepcopy(history), index)
+        self._note_history(index)
+        return index
 
     def execute(self, code: str) -> REPLResult:
         if self._closed:
@@ -230,3 +334,10 @@ class LocalREPL(BaseEnv):
         self._closed = True
         if self._channel is not None:
             self._channel.close()
+        if self._lease is not None:
+            self._lease.close()
+        if hasattr(self, "_repl"):
+            self._repl.namespace.clear()
+        if self._temp_dir is not None:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+            self._temp_dir = None
