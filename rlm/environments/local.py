@@ -21,6 +21,7 @@ interrupted in-process, and neither can code that catches `BaseException` and ca
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import ctypes
 import math
@@ -169,6 +170,54 @@ def _json_copy(
     )
 
 
+class _SubcallFnRunner:
+    """`rlm_query` / `rlm_query_batched` served by a user's `subcall_fn(prompt, model)`.
+
+    The reference's LocalREPL takes such a callback (returning an `RLMChatCompletion`) when it
+    is driven by hand; `RLM` never passes one (its child runs go through the LMHandler). A
+    failed call answers "Error: ..." to the code and is left out of `rlm_calls`; a batch runs
+    at most `max_concurrent` calls at once and records them in prompt order.
+    """
+
+    def __init__(self, fn: Callable[..., Any], max_concurrent: int) -> None:
+        self.fn = fn
+        self.max_concurrent = max_concurrent
+        self._lock = threading.Lock()
+        self._calls: list[Any] = []
+
+    def _one(self, prompt: Any, model: str | None) -> tuple[str, Any]:
+        try:
+            completion = self.fn(prompt, model)
+        except Exception as exc:
+            return f"Error: {type(exc).__name__}: {exc}", None
+        return str(getattr(completion, "response", completion)), completion
+
+    def _keep(self, completions: list[Any]) -> None:
+        with self._lock:
+            self._calls.extend(c for c in completions if c is not None)
+
+    def query(self, prompt: Any, model: str | None = None) -> str:
+        text, completion = self._one(prompt, model)
+        self._keep([completion])
+        return text
+
+    def batched(self, prompts: list[Any], model: str | None = None) -> list[str]:
+        prompts = list(prompts)
+        if len(prompts) <= 1:
+            results = [self._one(p, model) for p in prompts]
+        else:
+            workers = min(self.max_concurrent, len(prompts))
+            with concurrent.futures.ThreadPoolExecutor(workers, "rlm-subcall-fn") as pool:
+                results = list(pool.map(lambda p: self._one(p, model), prompts))
+        self._keep([completion for _, completion in results])
+        return [text for text, _ in results]
+
+    def take(self) -> list[Any]:
+        with self._lock:
+            calls, self._calls = self._calls, []
+        return calls
+
+
 class LocalREPL(ReferenceREPLMethods, NonIsolatedEnv):
     """Runs cells in-process. Not a security boundary (see the module docstring).
 
@@ -177,7 +226,8 @@ class LocalREPL(ReferenceREPLMethods, NonIsolatedEnv):
     `context_payload`, `setup_code` (run once; a failure is a ConfigurationError),
     `custom_tools` (bound directly: this REPL is in-process anyway), `persistent` (this REPL
     always keeps its namespace while it lives), `compaction` (binds `history` from the start),
-    `max_concurrent_subcalls` (the LMHandler bounds concurrency; accepted for the signature).
+    `subcall_fn(prompt, model)` (serves `rlm_query` when the REPL is driven by hand) and
+    `max_concurrent_subcalls` (how many of its calls a batch runs at once).
     """
 
     name = "local"
@@ -201,14 +251,16 @@ class LocalREPL(ReferenceREPLMethods, NonIsolatedEnv):
         max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
         tools: Mapping[str, ToolSpec] | None = None,
     ) -> None:
-        if subcall_fn is not None:
-            raise ConfigurationError(
-                "subcall_fn is not supported: child RLMs are started by the LMHandler session "
-                "(use RLM(max_depth=2) for rlm_query)"
-            )
         if handler is not None and lm_handler_address is not None:
             raise ConfigurationError("pass either handler or lm_handler_address, not both")
-        del persistent, custom_sub_tools, max_concurrent_subcalls  # see the class docstring
+        if isinstance(max_concurrent_subcalls, bool) or not (
+            isinstance(max_concurrent_subcalls, int) and max_concurrent_subcalls >= 1
+        ):
+            raise ConfigurationError(
+                f"max_concurrent_subcalls must be an int >= 1, got {max_concurrent_subcalls!r}"
+            )
+        del persistent, custom_sub_tools  # see the class docstring
+        self.max_concurrent_subcalls = max_concurrent_subcalls
         super().__init__(
             handler=handler,
             depth=depth,
@@ -244,6 +296,12 @@ class LocalREPL(ReferenceREPLMethods, NonIsolatedEnv):
             tools=repl_tools,
         )
         self._repl.timeout = self.timeout
+        self._subcalls: _SubcallFnRunner | None = None
+        if subcall_fn is not None:
+            self._subcalls = _SubcallFnRunner(subcall_fn, max_concurrent_subcalls)
+            helpers = {"rlm_query": self._subcalls.query, "rlm_query_batched": self._subcalls.batched}
+            self._repl._reserved.update(helpers)  # restored after every cell like the others
+            self._repl.namespace.update(helpers)
         self._lock = threading.Lock()  # one cell at a time: the namespace is shared
         self._closed = False
         self._temp_dir: str | None = None
@@ -319,6 +377,7 @@ class LocalREPL(ReferenceREPLMethods, NonIsolatedEnv):
             raise SandboxError("the environment was cleaned up")
         with self._lock:
             cell = self._repl.run_cell(code, timeout_label=self.timeout)
+            rlm_calls = self._subcalls.take() if self._subcalls is not None else []
         return REPLResult(
             stdout=cell.stdout,
             stderr=cell.stderr,
@@ -328,6 +387,7 @@ class LocalREPL(ReferenceREPLMethods, NonIsolatedEnv):
             final_value=cell.final_value if cell.final else None,
             error=cell.error,
             timed_out=cell.timed_out,
+            rlm_calls=rlm_calls,
         )
 
     def cleanup(self) -> None:
