@@ -17,6 +17,7 @@ from rlm.clients.scripted import ScriptedLM
 from rlm.core.cache import SubcallCache, cache_key, default_cache_path
 from rlm.core.lm_handler import LMHandler
 from rlm.core.types import LMResponse, Usage, UsageLedger
+from rlm.logger import RLMLogger
 from rlm.testing import ProviderSimulator
 
 pytestmark = pytest.mark.timeout(60)
@@ -44,6 +45,7 @@ def scripted_rlm(
             }
         ],
         cache=cache,
+        logger=RLMLogger(),  # completion.metadata holds the trajectory
     )
     root_lm = rlm.root_client
     sub_lm = rlm.other_clients[0]

@@ -30,6 +30,7 @@ from rlm.environments import environment_class
 from rlm.environments.base import BaseEnv, ToolSpec
 from rlm.environments.local import LocalREPL
 from rlm.errors import ContextLoadError, ProviderError
+from rlm.logger import RLMLogger
 from rlm.runtime.repl import to_jsonable
 
 pytestmark = pytest.mark.timeout(300)
@@ -552,6 +553,7 @@ def test_rlm_timeout_kwarg_and_rlm_query_from_inside_the_sandbox(kind: str) -> N
         environment=name,
         environment_kwargs={"timeout": 2, **extra},
         max_depth=2,
+        logger=RLMLogger(),
     )
     with rlm:
         out = rlm.completion("ignored", root_prompt="ROOT-TASK")

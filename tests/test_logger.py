@@ -146,7 +146,7 @@ def test_schema_round_trip(tmp_path: Path) -> None:
     log = read_log(files[0])
     assert log.complete and not log.truncated
     # The file, the in-memory copy and completion.metadata hold the same records.
-    assert log.records == logger.get_trajectory() == out.metadata["trajectory"]  # type: ignore[index]
+    assert log.records == logger.get_trajectory()["records"] == out.metadata["trajectory"]  # type: ignore[index]
     assert out.metadata["log_file"] == str(files[0])  # type: ignore[index]
     types = [r["type"] for r in log.records]
     assert types == [

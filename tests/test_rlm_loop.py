@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from rlm import RLM, ConfigurationError, ContextLoadError
+from rlm.logger import RLMLogger
 from rlm.core.types import Message
 
 FENCE = "```"
@@ -33,6 +34,7 @@ def scripted(root: Any, sub: Any = None, **kwargs: Any) -> RLM:
             "other_backends": ["scripted"],
             "other_backend_kwargs": [{"model_name": "sub", "responses": sub}],
         }
+    kwargs.setdefault("logger", RLMLogger())  # completion.metadata holds the trajectory
     return RLM(
         backend="scripted",
         backend_kwargs={"model_name": "root", "responses": root},

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from rlm import RLM
-from rlm.core.events import RunEvent
+from rlm.core.events import Observer, RunEvent, RunInfo
 from rlm.core.types import Message
 
 FENCE = "```"
@@ -84,9 +84,16 @@ def test_compaction_summarises_and_keeps_the_transcript_in_history() -> None:
             return repl("FINAL(str(x) + ':' + str(len(history)))")
         return repl("x = 5\nprint('filler ' * 200)")
 
+    compactions: list[int] = []
+
+    class Compactions(Observer):
+        def on_compaction(self, run: RunInfo, count: int, summary: str) -> None:
+            compactions.append(count)
+
     rlm = RLM(
         backend="scripted",
         backend_kwargs={"model_name": "root", "responses": root},
+        observers=[Compactions()],
         compaction=True,
         context_window=2000,
         compaction_threshold_pct=0.8,
@@ -94,7 +101,7 @@ def test_compaction_summarises_and_keeps_the_transcript_in_history() -> None:
     with rlm:
         out = rlm.completion("ctx")
     assert out.stop_reason == "final_answer"
-    assert out.metadata["compactions"] == 1  # type: ignore[index]
+    assert compactions == [1]
     x, history_len = out.response.split(":")
     assert x == "5" and int(history_len) > 4
     after = requests[-1]

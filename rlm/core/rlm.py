@@ -32,9 +32,11 @@ from rlm.core.types import (
     SubcallRecord,
     Usage,
     UsageLedger,
+    _serialize_value,
 )
 from rlm.environments import environment_class, get_environment
 from rlm.environments.base import BaseEnv, ToolSpec
+from rlm.utils.rlm_utils import filter_sensitive_keys
 from rlm.errors import (
     ConfigurationError,
     ContextLoadError,
@@ -155,6 +157,7 @@ class RLM:
             allow_unpriced_models=allow_unpriced_models,
         )
         self.backend = backend
+        self._logged_backend_kwargs = filter_sensitive_keys(backend_kwargs or {})  # for run_metadata
         self.environment = environment
         self.environment_kwargs = dict(environment_kwargs or {})
         for key in ("handler", "depth", "tools"):
@@ -356,11 +359,7 @@ class RLM:
             response=loop.answer_text if loop.answer_text is not None else loop.best,
             usage_summary=ledger.summary(),
             execution_time=time.monotonic() - started,
-            metadata={
-                "run_metadata": info.to_dict(),
-                "iterations": [record.to_dict() for record in loop.records],
-                "compactions": loop.compactions,
-            },
+            metadata=None,  # as in the reference: an RLMLogger fills it in (on_run_end)
             stop_reason=loop.stop_reason,
             error=loop.error,
             value=loop.answer_value,
@@ -474,6 +473,8 @@ class RLM:
     def _settings(self) -> dict[str, Any]:
         return {
             "backend": self.backend,
+            "backend_kwargs": _serialize_value(self._logged_backend_kwargs),
+            "environment_kwargs": _serialize_value(filter_sensitive_keys(self.environment_kwargs)),
             "max_depth": self.max_depth,
             "max_iterations": self.max_iterations,
             "max_errors": self.max_errors,

@@ -23,6 +23,7 @@ from typing import IO, Any
 from rlm.core.events import Observer, RunInfo
 from rlm.core.types import CodeBlock, RLMChatCompletion, RLMIteration, SubcallRecord
 from rlm.logger.redact import Redactor
+from rlm.logger.trajectory import reference_trajectory
 
 SCHEMA = "rlm-trajectory"
 SCHEMA_VERSION = 1
@@ -296,18 +297,23 @@ class RLMLogger(Observer):
                 self._root_of.pop(run_id, None)
             self._last = trace
         self._close(trace)
-        if completion.metadata is None:
-            completion.metadata = {}
+        # The reference's {run_metadata, iterations}, with our flat records alongside.
+        completion.metadata = reference_trajectory(trace.records, trace.root_id) or {}
         completion.metadata["trajectory"] = trace.records
         if trace.path is not None:
             completion.metadata["log_file"] = str(trace.path)
 
     # -- public helpers ------------------------------------------------------------------
 
-    def get_trajectory(self) -> list[Record] | None:
-        """The records of the most recently finished top-level completion."""
+    def get_trajectory(self) -> dict[str, Any] | None:
+        """The most recently finished top-level completion: the reference's `run_metadata`
+        and `iterations`, and our flat `records`."""
         with self._lock:
-            return None if self._last is None else list(self._last.records)
+            last = self._last
+        if last is None:
+            return None
+        records = list(last.records)
+        return {**(reference_trajectory(records, last.root_id) or {}), "records": records}
 
     def close(self) -> None:
         """Close the files of runs that never ended (their records are already on disk)."""
