@@ -8,9 +8,9 @@
 `import rlm` imports no provider or sandbox SDK; they load when a backend needs them.
 """
 
-from rlm.clients import get_client
-from rlm.clients.base import BaseLM
-from rlm.clients.scripted import ScriptedLM
+from rlm.clients import get_client as get_client
+from rlm.clients.base import BaseLM as BaseLM
+from rlm.clients.scripted import ScriptedLM as ScriptedLM
 from rlm.core.cache import SubcallCache
 from rlm.core.events import Observer
 from rlm.core.rlm import RLM
@@ -23,8 +23,8 @@ from rlm.core.types import (
     RLMIteration,
     UsageSummary,
 )
-from rlm.environments import get_environment
-from rlm.environments.base import BaseEnv
+from rlm.environments import get_environment as get_environment
+from rlm.environments.base import BaseEnv as BaseEnv
 from rlm.errors import (
     AuthenticationError,
     BudgetExceededError,
@@ -44,7 +44,7 @@ from rlm.errors import (
     TimeoutExceededError,
     TokenLimitExceededError,
 )
-from rlm.logger import RLMLogger
+from rlm.logger import RLMLogger as RLMLogger
 
 __version__ = "0.1.0"
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from rlm import RLM, ConfigurationError, ContextLoadError
-from rlm.logger import RLMLogger
 from rlm.core.types import Message
+from rlm.logger import RLMLogger
 
 FENCE = "```"
 

@@ -134,7 +134,9 @@ def socket_recv(sock: socket.socket) -> dict[str, Any]:
     return recv_frame(sock) or {}
 
 
-def socket_request(address: tuple[str, int], data: dict[str, Any], timeout: int = 300) -> dict[str, Any]:
+def socket_request(
+    address: tuple[str, int], data: dict[str, Any], timeout: int = 300
+) -> dict[str, Any]:
     """One frame out, one frame back, on a new connection (no hello: for servers that take
     unauthenticated frames; our LMHandler does not, see `send_lm_request`)."""
     with socket.create_connection(address, timeout=timeout) as sock:

@@ -36,7 +36,6 @@ from rlm.core.types import (
 )
 from rlm.environments import environment_class, get_environment
 from rlm.environments.base import BaseEnv, ToolSpec
-from rlm.utils.rlm_utils import filter_sensitive_keys
 from rlm.errors import (
     ConfigurationError,
     ContextLoadError,
@@ -48,6 +47,7 @@ from rlm.prompts import (
     context_metadata_message,
 )
 from rlm.runtime.repl import HELPER_NAMES, to_jsonable
+from rlm.utils.rlm_utils import filter_sensitive_keys
 
 RESERVED_NAMES = frozenset({*HELPER_NAMES, "answer", "context", "history"})
 
@@ -157,7 +157,9 @@ class RLM:
             allow_unpriced_models=allow_unpriced_models,
         )
         self.backend = backend
-        self._logged_backend_kwargs = filter_sensitive_keys(backend_kwargs or {})  # for run_metadata
+        self._logged_backend_kwargs = filter_sensitive_keys(
+            backend_kwargs or {}
+        )  # for run_metadata
         self.environment = environment
         self.environment_kwargs = dict(environment_kwargs or {})
         for key in ("handler", "depth", "tools"):

@@ -154,7 +154,7 @@ class ReferenceIsolatedREPL(ReferenceREPLMethods):
                 "pass lm_handler_address too"
             )
         kwargs["tools"] = {**specs, **dict(kwargs.get("tools") or {})}
-        super().__init__(depth=depth, **kwargs)  # type: ignore[call-arg]
+        super().__init__(depth=depth, **kwargs)
         try:
             if compaction:
                 self.add_history([], 0)
@@ -169,7 +169,7 @@ class ReferenceIsolatedREPL(ReferenceREPLMethods):
             raise
 
     def load_context(self, context: Any, index: int = 0) -> None:
-        super().load_context(context, index)
+        super().load_context(context, index)  # type: ignore[safe-super]
         self._note_context(index)
 
     def add_history(self, history: list[Message], index: int | None = None) -> int:  # type: ignore[override]

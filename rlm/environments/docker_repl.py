@@ -15,7 +15,7 @@ from rlm.environments._reference import ReferenceIsolatedREPL
 __all__ = ["DockerREPL"]
 
 
-class DockerREPL(ReferenceIsolatedREPL, docker.DockerREPL):
+class DockerREPL(ReferenceIsolatedREPL, docker.DockerREPL):  # type: ignore[misc]  # add_history returns the index
     """`DockerREPL(image=None, lm_handler_address=None, context_payload=None, ...)`."""
 
     def __init__(self, image: str | None = None, **kwargs: Any) -> None:

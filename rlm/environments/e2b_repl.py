@@ -12,5 +12,5 @@ from rlm.environments._reference import ReferenceIsolatedREPL
 __all__ = ["E2BREPL"]
 
 
-class E2BREPL(ReferenceIsolatedREPL, e2b.E2BREPL):
+class E2BREPL(ReferenceIsolatedREPL, e2b.E2BREPL):  # type: ignore[misc]  # add_history returns the index
     lifetime_kwarg = "sandbox_timeout"

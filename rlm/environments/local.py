@@ -33,8 +33,12 @@ from typing import Any
 
 from rlm.core.types import Message, REPLResult
 from rlm.environments._reference import HandlerLease, ReferenceREPLMethods, split_custom_tools
-from rlm.environments.base import DEFAULT_CELL_TIMEOUT, DEFAULT_MAX_OUTPUT_CHARS, HandlerEndpoint
-from rlm.environments.base import ToolSpec
+from rlm.environments.base import (
+    DEFAULT_CELL_TIMEOUT,
+    DEFAULT_MAX_OUTPUT_CHARS,
+    HandlerEndpoint,
+    ToolSpec,
+)
 from rlm.environments.base_env import NonIsolatedEnv
 from rlm.errors import ConfigurationError, ContextLoadError, SandboxError
 from rlm.runtime.protocol import Connection
@@ -116,7 +120,11 @@ class _LazyChannel:
             if self._closed:
                 raise SandboxError("the environment was cleaned up")
             if self._conn is None or self._conn.closed:
-                e = self._endpoint if isinstance(self._endpoint, HandlerEndpoint) else self._endpoint()
+                e = (
+                    self._endpoint
+                    if isinstance(self._endpoint, HandlerEndpoint)
+                    else self._endpoint()
+                )
                 self._conn = Connection.connect(e.host, e.port, e.token)
             return self._conn
 
@@ -299,7 +307,10 @@ class LocalREPL(ReferenceREPLMethods, NonIsolatedEnv):
         self._subcalls: _SubcallFnRunner | None = None
         if subcall_fn is not None:
             self._subcalls = _SubcallFnRunner(subcall_fn, max_concurrent_subcalls)
-            helpers = {"rlm_query": self._subcalls.query, "rlm_query_batched": self._subcalls.batched}
+            helpers = {
+                "rlm_query": self._subcalls.query,
+                "rlm_query_batched": self._subcalls.batched,
+            }
             self._repl._reserved.update(helpers)  # restored after every cell like the others
             self._repl.namespace.update(helpers)
         self._lock = threading.Lock()  # one cell at a time: the namespace is shared
@@ -365,7 +376,7 @@ class LocalREPL(ReferenceREPLMethods, NonIsolatedEnv):
         self._repl.load_context(value, index)
         self._note_context(index)
 
-    def add_history(self, history: list[Message], index: int | None = None) -> int:
+    def add_history(self, history: list[Message], index: int | None = None) -> int:  # type: ignore[override]
         """Bind a copy of `history` as `history_{index}` (the next free index by default)."""
         index = self._next_history_index(index)
         self._repl.add_history(copy.deepcopy(history), index)

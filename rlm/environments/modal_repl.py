@@ -12,5 +12,5 @@ from rlm.environments._reference import ReferenceIsolatedREPL
 __all__ = ["ModalREPL"]
 
 
-class ModalREPL(ReferenceIsolatedREPL, modal.ModalREPL):
+class ModalREPL(ReferenceIsolatedREPL, modal.ModalREPL):  # type: ignore[misc]  # add_history returns the index
     lifetime_kwarg = "sandbox_timeout"

@@ -68,7 +68,9 @@ def iteration_record(run: RunInfo, index: int, record: RLMIteration) -> Record:
         "run_id": run.run_id,
         "depth": run.depth,
         "iteration": index,
-        "prompt": [dict(m) for m in record.prompt],
+        "prompt": record.prompt
+        if isinstance(record.prompt, str)
+        else [dict(m) for m in record.prompt],
         "response": record.response,
         "code_blocks": [_block(b) for b in record.code_blocks],
         "final_answer": record.final_answer,

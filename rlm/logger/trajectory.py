@@ -100,7 +100,7 @@ class _Index:
         }
 
     def _iteration(self, record: Record, seen: frozenset[str]) -> Record:
-        ours = {k: record[k] for k in ("run_id", "depth", "usage") if k in record}
+        ours: Record = {k: record[k] for k in ("run_id", "depth", "usage") if k in record}
         return {
             "type": "iteration",
             "iteration": record.get("iteration"),

@@ -67,7 +67,9 @@ def build_user_prompt(
     if root_prompt:
         text += f"\n\nThe question: {root_prompt}"
     if context_count > 1:
-        text += f"\n\n{context_count} contexts are loaded: context_0 ... context_{context_count - 1}."
+        text += (
+            f"\n\n{context_count} contexts are loaded: context_0 ... context_{context_count - 1}."
+        )
     if history_count > 0:
         text += (
             f"\n\n{history_count} earlier conversation(s) are loaded: "
