@@ -98,8 +98,19 @@ def client_class(name: str) -> type[BaseLM]:
     return loaded
 
 
-def get_client(name: str, kwargs: Mapping[str, Any] | None = None) -> BaseLM:
-    """A new client for backend `name`, built from a copy of `kwargs` (never mutated)."""
+def get_client(name: str | BaseLM, kwargs: Mapping[str, Any] | None = None) -> BaseLM:
+    """A new client for backend `name`, built from a copy of `kwargs` (never mutated).
+
+    A `BaseLM` instance (e.g. a reference-style subclass the user built) is used as it is, so
+    `RLM(backend=MyLM(...))` needs no registration.
+    """
+    if isinstance(name, BaseLM):
+        if kwargs:
+            raise ConfigurationError(
+                f"backend is a client instance ({name!r}): configure it directly, "
+                f"not through backend_kwargs {sorted(kwargs)}"
+            )
+        return name
     cls = client_class(name)
     arguments = dict(kwargs or {})
     try:

@@ -67,7 +67,8 @@ class RLM:
     """A recursive language model. Argument names follow the reference implementation.
 
     Args:
-        backend / backend_kwargs: the root model's client (see `rlm.clients`).
+        backend / backend_kwargs: the root model's client (see `rlm.clients`); `backend` may also
+            be a `BaseLM` instance, e.g. a reference-style subclass (then no backend_kwargs).
         environment / environment_kwargs: where code runs ("local", "process", "docker", ...);
             `environment_kwargs={"timeout": s}` sets the per-cell timeout.
         depth: this RLM's own depth (0 for a root).
@@ -99,7 +100,7 @@ class RLM:
 
     def __init__(
         self,
-        backend: str = "openai",
+        backend: str | BaseLM = "openai",
         backend_kwargs: Mapping[str, Any] | None = None,
         environment: str = "local",
         environment_kwargs: Mapping[str, Any] | None = None,
@@ -474,7 +475,7 @@ class RLM:
 
     def _settings(self) -> dict[str, Any]:
         return {
-            "backend": self.backend,
+            "backend": self.backend if isinstance(self.backend, str) else repr(self.backend),
             "backend_kwargs": _serialize_value(self._logged_backend_kwargs),
             "environment_kwargs": _serialize_value(filter_sensitive_keys(self.environment_kwargs)),
             "max_depth": self.max_depth,
