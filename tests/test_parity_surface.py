@@ -150,7 +150,8 @@ def test_import_rlm_imports_no_sdk() -> None:
 
     code = (
         "import sys, rlm, rlm.utils.parsing, rlm.core.comms_utils, rlm.environments.local_repl;"
-        "print(sorted(m for m in ('openai','anthropic','docker','modal','e2b') if m in sys.modules))"
+        "print(sorted(m for m in ('openai','anthropic','docker','modal','e2b') "
+        "if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -307,7 +308,7 @@ def test_local_repl_follows_update_handler_address() -> None:
 
 
 def test_local_repl_setup_code_that_fails_is_a_clear_error() -> None:
-    with pytest.raises(ConfigurationError, match="(?s)setup_code failed.*ZeroDivisionError"):
+    with pytest.raises(ConfigurationError, match=r"(?s)setup_code failed.*ZeroDivisionError"):
         LocalREPL(setup_code="1 / 0")
 
 
