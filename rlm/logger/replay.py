@@ -451,7 +451,10 @@ def rerun(
     finally:
         rlm.close()
     rerun_log = parse_log(
-        "".join(json.dumps(r, default=str) + "\n" for r in logger.get_trajectory() or [])
+        "".join(
+            json.dumps(r, default=str) + "\n"
+            for r in (logger.get_trajectory() or {}).get("records", [])
+        )
     )
     report = compare(trajectory, rerun_log)
     report.notes[:0] = script.notes
