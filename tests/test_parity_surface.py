@@ -405,3 +405,25 @@ def test_metadata_and_trajectory_have_the_reference_shape() -> None:
     trajectory = logger.get_trajectory()
     assert trajectory is not None
     assert trajectory["run_metadata"] == run and trajectory["iterations"] == meta["iterations"]
+
+
+def test_a_duck_typed_client_from_a_patched_get_client_serves_a_run() -> None:
+    from unittest import mock
+
+    class Plain:  # no BaseLM base class at all: the reference's tests patch such objects in
+        model_name = "plain"
+
+        def __init__(self) -> None:
+            self.replies = [repl("FINAL(7)")]
+
+        def completion(self, prompt: Any) -> str:
+            return self.replies.pop(0)
+
+        def get_last_usage(self) -> ModelUsageSummary:
+            return ModelUsageSummary(1, 5, 1)
+
+    with mock.patch("rlm.core.rlm.get_client", return_value=Plain()):
+        with RLM(backend="openai", backend_kwargs={"model_name": "x"}) as rlm:
+            out = rlm.completion("c")
+    assert out.response == "7"
+    assert out.usage_summary.model_usage_summaries["plain"].total_input_tokens == 5

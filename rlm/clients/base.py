@@ -20,6 +20,7 @@ import atexit
 import collections
 import concurrent.futures
 import contextlib
+import inspect
 import random
 import threading
 import time
@@ -397,3 +398,38 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+class _DuckTypedClient(BaseLM):
+    """Any object with the reference's client methods (`completion`, optionally `acompletion`
+    and `get_last_usage`), e.g. a test double returned from a patched `get_client`."""
+
+    provider: ClassVar[str] = "duck-typed"
+
+    def __init__(self, target: Any) -> None:
+        name = getattr(target, "model_name", None)
+        super().__init__(model_name=name if isinstance(name, str) and name else "unknown")
+        self.target = target
+
+    def completion(self, prompt: Prompt, **sampling: Any) -> str:
+        return self.target.completion(prompt)
+
+    async def acompletion(self, prompt: Prompt, **sampling: Any) -> str:
+        method = getattr(self.target, "acompletion", None)
+        if method is None or not inspect.iscoroutinefunction(method):
+            raise NotImplementedError  # the sync `completion` then runs on a worker thread
+        return await method(prompt)
+
+    def get_last_usage(self) -> ModelUsageSummary:
+        method = getattr(self.target, "get_last_usage", None)
+        return method() if callable(method) else ModelUsageSummary()
+
+
+def as_client(obj: Any) -> BaseLM:
+    """`obj` as a `BaseLM`: itself when it is one, else wrapped if it has a `completion` method
+    (the reference's client contract); anything else is a ConfigurationError."""
+    if isinstance(obj, BaseLM):
+        return obj
+    if callable(getattr(obj, "completion", None)):
+        return _DuckTypedClient(obj)
+    raise ConfigurationError(f"{obj!r} is not a language-model client (no completion method)")

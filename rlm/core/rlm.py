@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlm.clients import get_client
-from rlm.clients.base import BaseLM
+from rlm.clients.base import BaseLM, as_client
 from rlm.core.aio import on_loop, run_sync, spawn, to_thread
 from rlm.core.budget import Budget, Ledger, Limits, check_priced
 from rlm.core.cache import SubcallCache
@@ -195,10 +195,13 @@ class RLM:
         # Keys given in code have no shape a log scrubber could recognise: register them.
         for kwargs in (backend_kwargs, *other_kwargs, *(depth_backends or {}).values()):
             register_sensitive_values(kwargs)
-        self.root_client: BaseLM = get_client(backend, backend_kwargs or {})
-        self.other_clients = [get_client(b, kw) for b, kw in zip(others, other_kwargs, strict=True)]
+        # as_client: a reference-style client (or a test double from a patched get_client)
+        self.root_client: BaseLM = as_client(get_client(backend, backend_kwargs or {}))
+        self.other_clients = [
+            as_client(get_client(b, kw)) for b, kw in zip(others, other_kwargs, strict=True)
+        ]
         self.depth_clients = {
-            int(d): get_client(spec["backend"], spec.get("backend_kwargs") or {})
+            int(d): as_client(get_client(spec["backend"], spec.get("backend_kwargs") or {}))
             for d, spec in (depth_backends or {}).items()
         }
         self.handler = LMHandler(
