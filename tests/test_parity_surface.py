@@ -422,8 +422,10 @@ def test_a_duck_typed_client_from_a_patched_get_client_serves_a_run() -> None:
         def get_last_usage(self) -> ModelUsageSummary:
             return ModelUsageSummary(1, 5, 1)
 
-    with mock.patch("rlm.core.rlm.get_client", return_value=Plain()):
-        with RLM(backend="openai", backend_kwargs={"model_name": "x"}) as rlm:
-            out = rlm.completion("c")
+    with (
+        mock.patch("rlm.core.rlm.get_client", return_value=Plain()),
+        RLM(backend="openai", backend_kwargs={"model_name": "x"}) as rlm,
+    ):
+        out = rlm.completion("c")
     assert out.response == "7"
     assert out.usage_summary.model_usage_summaries["plain"].total_input_tokens == 5
