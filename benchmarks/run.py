@@ -394,12 +394,12 @@ def b7() -> list[Figure]:
         openai_rlm(rs, ss) as rlm,
     ):
         client = rlm.other_clients[0]
-        client.completion("warm")
+        client.respond("warm")
         for _ in range(blocks):
             via_handler.append(float(rlm.completion("ctx").response))
             for _ in range(n):
                 started = time.perf_counter()
-                client.completion("x")
+                client.respond("x")
                 direct.append(time.perf_counter() - started)
     handler_median = statistics.median(via_handler)
     extra = handler_median - statistics.median(direct)

@@ -635,7 +635,7 @@ def test_vercel_reads_the_gateway_key_and_sends_max_tokens_by_that_name(
     )
     try:
         assert isinstance(client, VercelClient)
-        assert client.completion("hi").text == "echo:hi"
+        assert client.respond("hi").text == "echo:hi"
         seen = sim.requests[-1]
         assert seen.headers["authorization"] == "Bearer from-gateway-env"
         assert seen.model == "anthropic/claude-sonnet-4.5"

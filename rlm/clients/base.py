@@ -263,7 +263,6 @@ class BaseLM(ABC):  # noqa: B024 - abstract in spirit: either contract below mus
         ]
         return max(caps) if caps else None
 
-
     async def _arespond_reference(self, prompt: Prompt, sampling: dict[str, Any]) -> LMResponse:
         """A reference-style subclass's own method, given the prompt as the caller wrote it.
 
