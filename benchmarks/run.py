@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from rlm import RLM
+from rlm.logger import RLMLogger
 from rlm.testing import ProviderSimulator, SimRequest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +53,7 @@ class Figure:
 
 
 def openai_rlm(root: Any, sub: Any, sub_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> RLM:
+    kwargs.setdefault("logger", RLMLogger())  # cell_time reads completion.metadata
     return RLM(
         backend="openai",
         backend_kwargs={

@@ -19,6 +19,7 @@ from rlm.bench.tasks import Task
 from rlm.cli import main as cli_main
 from rlm.core.types import Message
 from rlm.errors import ConfigurationError, ProviderError
+from rlm.logger import RLMLogger
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -39,6 +40,7 @@ def run_oracle(task: Task, reader: oracle.OracleReader | None = None) -> tuple[s
         other_backends=["scripted"],
         other_backend_kwargs=[sub],
         max_iterations=3,
+        logger=RLMLogger(log_context=False),  # count_subcalls reads completion.metadata
     ) as rlm:
         completion = rlm.completion(task.context, root_prompt=task.question)
     return completion.response, completion

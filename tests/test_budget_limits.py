@@ -22,6 +22,7 @@ from rlm.core.budget import Budget, Limits, Reservation
 from rlm.core.events import Observer, RunInfo
 from rlm.core.types import RLMIteration, SubcallRecord, Usage
 from rlm.errors import BudgetExceededError, TimeoutExceededError, TokenLimitExceededError
+from rlm.logger import RLMLogger
 from rlm.testing import ProviderSimulator, SimRequest
 
 FENCE = "```"
@@ -87,6 +88,7 @@ def make_rlm(sim: ProviderSimulator, observer: CallCosts, **kwargs: Any) -> RLM:
         other_backend_kwargs=[{"model_name": "priced-sub", **base, **kwargs.pop("sub", {})}],
         max_iterations=3,
         observers=[observer],
+        logger=RLMLogger(),  # completion.metadata holds the trajectory
         **kwargs,
     )
 

@@ -158,11 +158,11 @@ def count_subcalls(completion: RLMChatCompletion) -> int:
 
 
 def _run_rlm(config: BenchConfig, backends: Backends, task: Task) -> dict[str, Any]:
-    logger = None
-    if config.log_dir is not None:
-        from rlm.logger import RLMLogger
+    from rlm.logger import RLMLogger
 
-        logger = RLMLogger(log_dir=config.log_dir, file_name=task.task_id, log_context=False)
+    # Always a logger: completion.metadata (which count_subcalls reads) needs one; without a
+    # log_dir it stays in memory.
+    logger = RLMLogger(log_dir=config.log_dir, file_name=task.task_id, log_context=False)
     started = time.monotonic()
     try:
         rlm = RLM(

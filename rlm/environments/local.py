@@ -226,6 +226,24 @@ class _SubcallFnRunner:
         return calls
 
 
+_ACCEPTED = (
+    "handler",
+    "depth",
+    "timeout",
+    "max_output_chars",
+    "tools",
+    "lm_handler_address",
+    "context_payload",
+    "setup_code",
+    "persistent",
+    "subcall_fn",
+    "custom_tools",
+    "custom_sub_tools",
+    "compaction",
+    "max_concurrent_subcalls",
+)
+
+
 class LocalREPL(ReferenceREPLMethods, NonIsolatedEnv):
     """Runs cells in-process. Not a security boundary (see the module docstring).
 
@@ -258,7 +276,13 @@ class LocalREPL(ReferenceREPLMethods, NonIsolatedEnv):
         timeout: float | None = DEFAULT_CELL_TIMEOUT,
         max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
         tools: Mapping[str, ToolSpec] | None = None,
+        **unknown: Any,
     ) -> None:
+        if unknown:
+            raise ConfigurationError(
+                f"unknown keyword argument(s) for environment 'local': {', '.join(sorted(unknown))}"
+                f"; accepted: {', '.join(_ACCEPTED)}"
+            )
         if handler is not None and lm_handler_address is not None:
             raise ConfigurationError("pass either handler or lm_handler_address, not both")
         if isinstance(max_concurrent_subcalls, bool) or not (
