@@ -374,8 +374,9 @@ def test_history_binding(env: LocalREPL) -> None:
 
 
 def test_unknown_keyword_is_a_configuration_error() -> None:
-    with pytest.raises(ConfigurationError, match=r"persistent.*accepted: handler, depth"):
-        LocalREPL(persistent=True)
+    # `persistent` is the reference's argument now (accepted); a made-up one is still refused.
+    with pytest.raises(ConfigurationError, match=r"persistant.*accepted: handler, depth"):
+        LocalREPL(persistant=True)
 
 
 def test_helpers_without_a_handler_return_error_strings(env: LocalREPL) -> None:
