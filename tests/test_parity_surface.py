@@ -277,6 +277,9 @@ def test_local_repl_driven_by_hand_like_the_reference_example() -> None:
             assert isinstance(result, REPLResult) and result.stderr == ""
             assert result.stdout.strip() == "4 The magic number is 4. 1424424 6"
             assert env.locals["response"] == "4"
+            (call,) = result.rlm_calls  # the reference's RLMChatCompletion record of the call
+            assert (call.root_model, call.response, call.prompt) == ("mine", "4", "What is 2 + 2?")
+            assert call.usage_summary.model_usage_summaries["mine"].total_input_tokens == 7
             sessions = len(handler._sessions)
         assert len(handler._sessions) == sessions - 1  # cleanup released its session
     assert env.locals == {}
@@ -343,6 +346,7 @@ def test_docker_repl_takes_the_reference_arguments() -> None:
             result = env.execute_code("print(llm_query('q'), context['n'] + base, context_1)")
             assert result.stdout.strip() == "from the host 21 second"
             assert env.get_context_count() == 2
+            assert [c.response for c in result.rlm_calls] == ["from the host"]
 
 
 # --------------------------------------------------------------- 7. results and trajectories
@@ -429,3 +433,33 @@ def test_a_duck_typed_client_from_a_patched_get_client_serves_a_run() -> None:
         out = rlm.completion("c")
     assert out.response == "7"
     assert out.usage_summary.model_usage_summaries["plain"].total_input_tokens == 5
+
+
+def test_lm_in_repl_example_with_our_openai_client() -> None:
+    from rlm.clients.openai import OpenAIClient
+    from rlm.testing import ProviderSimulator
+
+    code = (
+        'response = llm_query("What is 2 + 2? Reply with just the number.")\n'
+        "print(response)\nprint(type(response))\nprint(context)\n"
+        'print("Secret from setup code: ", secret)\n'
+    )
+    with ProviderSimulator("4") as sim:
+        client = OpenAIClient(api_key="x", model_name="gpt-4.1-mini", base_url=sim.openai_base_url)
+        with (
+            LMHandler(client=client) as handler,
+            LocalREPL(
+                lm_handler_address=handler.address,
+                context_payload="The magic number is 4.",
+                setup_code='secret = "1424424"',
+            ) as env,
+        ):
+            result = env.execute_code(code)
+    assert result.stdout.splitlines() == [
+        "4",
+        "<class 'str'>",
+        "The magic number is 4.",
+        "Secret from setup code:  1424424",
+    ]
+    assert result.stderr == "" and env.locals == {}
+    assert client.get_usage_summary().model_usage_summaries["gpt-4.1-mini"].total_calls == 1

@@ -13,7 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from rlm.core.types import Message, REPLResult
+from rlm.core.types import (
+    Message,
+    ModelUsageSummary,
+    REPLResult,
+    RLMChatCompletion,
+    SubcallRecord,
+    UsageSummary,
+)
 from rlm.environments.base import BaseEnv, HandlerEndpoint, ToolSpec
 from rlm.errors import ConfigurationError
 
@@ -50,11 +57,30 @@ class HandlerLease:
         assert self._handler is not None
         return self._handler.endpoint(self._session)
 
+    def take_calls(self) -> list[RLMChatCompletion]:
+        """The sub-calls made through this lease since the last call, as the reference's
+        `RLMChatCompletion` records (what its `REPLResult.rlm_calls` holds)."""
+        session = self._session
+        return [] if session is None else [_as_completion(r) for r in session.take_records()]
+
     def close(self) -> None:
         handler, session = self._handler, self._session
         self._handler = self._session = None
         if handler is not None and session is not None:
             handler.close_session(session)
+
+
+def _as_completion(record: SubcallRecord) -> RLMChatCompletion:
+    usage = record.usage
+    summary = ModelUsageSummary(1, usage.input_tokens, usage.output_tokens, usage.cost)
+    return RLMChatCompletion(
+        root_model=record.model,
+        prompt=record.prompt_preview,
+        response=record.response,
+        usage_summary=UsageSummary({record.model: summary}),
+        execution_time=max(0.0, record.ended - record.started),
+        error=record.error,
+    )
 
 
 def split_custom_tools(
@@ -171,6 +197,12 @@ class ReferenceIsolatedREPL(ReferenceREPLMethods):
     def load_context(self, context: Any, index: int = 0) -> None:
         super().load_context(context, index)  # type: ignore[safe-super]
         self._note_context(index)
+
+    def execute(self, code: str) -> REPLResult:
+        result = super().execute(code)  # type: ignore[safe-super]
+        if self._lease is not None:  # driven by hand: the calls it made, reference-shaped
+            result.rlm_calls = [*result.rlm_calls, *self._lease.take_calls()]
+        return result
 
     def add_history(self, history: list[Message], index: int | None = None) -> int:  # type: ignore[override]
         index = self._next_history_index(index)

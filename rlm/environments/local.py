@@ -413,6 +413,8 @@ class LocalREPL(ReferenceREPLMethods, NonIsolatedEnv):
         with self._lock:
             cell = self._repl.run_cell(code, timeout_label=self.timeout)
             rlm_calls = self._subcalls.take() if self._subcalls is not None else []
+            if self._lease is not None:  # driven by hand: the calls it made, reference-shaped
+                rlm_calls += self._lease.take_calls()
         return REPLResult(
             stdout=cell.stdout,
             stderr=cell.stderr,
