@@ -20,6 +20,7 @@ from rlm.core.types import LMResponse, Message, UsageSummary
 from rlm.environments import get_environment
 from rlm.environments.ipython import IPythonREPL
 from rlm.errors import ConfigurationError
+from rlm.logger import RLMLogger
 
 pytestmark = pytest.mark.timeout(240)
 MODES = ["in_process", "subprocess"]
@@ -172,6 +173,7 @@ def test_rlm_completion_with_fan_out_and_recursion(mode: str) -> None:
         environment="ipython",
         environment_kwargs={"kernel_mode": mode},
         max_depth=2,
+        logger=RLMLogger(),  # completion.metadata holds the trajectory only with a logger
     )
     with rlm:
         out = rlm.completion("ignored", root_prompt="ROOT")
