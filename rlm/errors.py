@@ -95,43 +95,161 @@ class RemoteError(RLMError):
 
 
 class LimitExceededError(RLMError):
-    """A host-owned limit tripped (tokens, cost, time, sub-calls, depth, errors, iterations)."""
+    """A host-owned limit tripped (tokens, cost, time, sub-calls, errors).
+
+    Raised out of `RLM.completion()` (unless `RLM(on_limit="return")`), carrying what the run
+    had when it stopped: `partial_answer` (the best answer text so far, or None) and
+    `completion` (the `RLMChatCompletion` so far: usage, `stop_reason`, trajectory), so a
+    caller never takes a partial answer for a whole one without knowing.
+    """
 
     stop_reason = "limit"
 
-    def __init__(self, message: str, *, partial_answer: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        partial_answer: str | None = None,
+        completion: Any = None,
+    ) -> None:
         self.partial_answer = partial_answer
-        super().__init__(message)
+        self.completion = completion
+        super().__init__(message or f"{type(self).__name__}")
 
 
 class TimeoutExceededError(LimitExceededError):
+    """`max_timeout` seconds of wall time passed; `elapsed` and `timeout` in seconds."""
+
     stop_reason = "max_timeout"
+
+    def __init__(
+        self,
+        elapsed: float = 0.0,
+        timeout: float = 0.0,
+        partial_answer: str | None = None,
+        message: str | None = None,
+        *,
+        completion: Any = None,
+    ) -> None:
+        self.elapsed = elapsed
+        self.timeout = timeout
+        super().__init__(
+            message or f"Timeout exceeded: {elapsed:.1f}s of {timeout:.1f}s limit",
+            partial_answer=partial_answer,
+            completion=completion,
+        )
 
 
 class TokenLimitExceededError(LimitExceededError):
+    """`max_tokens` (input + output over the whole recursion tree) was reached."""
+
     stop_reason = "max_tokens"
+
+    def __init__(
+        self,
+        tokens_used: int = 0,
+        token_limit: int = 0,
+        partial_answer: str | None = None,
+        message: str | None = None,
+        *,
+        completion: Any = None,
+    ) -> None:
+        self.tokens_used = tokens_used
+        self.token_limit = token_limit
+        super().__init__(
+            message or f"Token limit exceeded: {tokens_used:,} of {token_limit:,} tokens",
+            partial_answer=partial_answer,
+            completion=completion,
+        )
 
 
 class BudgetExceededError(LimitExceededError):
+    """`max_budget` (USD over the whole recursion tree) was reached; `spent` and `budget`."""
+
     stop_reason = "max_budget"
+
+    def __init__(
+        self,
+        spent: float = 0.0,
+        budget: float = 0.0,
+        message: str | None = None,
+        *,
+        partial_answer: str | None = None,
+        completion: Any = None,
+    ) -> None:
+        self.spent = spent
+        self.budget = budget
+        super().__init__(
+            message or f"Budget exceeded: spent ${spent:.6f} of ${budget:.6f} budget",
+            partial_answer=partial_answer,
+            completion=completion,
+        )
 
 
 class SubcallLimitExceededError(LimitExceededError):
+    """`max_subcalls` (sub-calls over the whole recursion tree) was reached."""
+
     stop_reason = "max_subcalls"
+
+    def __init__(
+        self,
+        subcalls: int = 0,
+        limit: int = 0,
+        partial_answer: str | None = None,
+        message: str | None = None,
+        *,
+        completion: Any = None,
+    ) -> None:
+        self.subcalls = subcalls
+        self.limit = limit
+        super().__init__(
+            message or f"Sub-call limit exceeded: {subcalls} of {limit} sub-calls",
+            partial_answer=partial_answer,
+            completion=completion,
+        )
 
 
 class ErrorThresholdExceededError(LimitExceededError):
+    """`max_errors` consecutive turns whose code failed; `last_error` is the latest stderr."""
+
     stop_reason = "max_errors"
+
+    def __init__(
+        self,
+        error_count: int = 0,
+        threshold: int = 0,
+        last_error: str | None = None,
+        partial_answer: str | None = None,
+        message: str | None = None,
+        *,
+        completion: Any = None,
+    ) -> None:
+        self.error_count = error_count
+        self.threshold = threshold
+        self.last_error = last_error
+        super().__init__(
+            message
+            or f"Error threshold exceeded: {error_count} consecutive errors (limit: {threshold})",
+            partial_answer=partial_answer,
+            completion=completion,
+        )
 
 
 class CancellationError(RLMError):
-    """The run was cancelled (Ctrl-C or task cancellation); carries the best answer so far."""
+    """The run was cancelled (Ctrl-C); carries the best answer and the completion so far."""
+
+    stop_reason = "cancelled"
 
     def __init__(
-        self, message: str = "run cancelled", *, partial_answer: str | None = None
+        self,
+        partial_answer: str | None = None,
+        message: str | None = None,
+        *,
+        completion: Any = None,
     ) -> None:
         self.partial_answer = partial_answer
-        super().__init__(message)
+        self.completion = completion
+        super().__init__(message or "Execution cancelled by user")
 
 
 def error_type_name(exc: BaseException) -> str:

@@ -204,13 +204,19 @@ class Budget:
         with self._lock:
             self._check_locked()
 
+    def _timeout_error(self) -> TimeoutExceededError:
+        timeout = self.limits.max_timeout or 0.0
+        return TimeoutExceededError(
+            elapsed=time.monotonic() - self.started,
+            timeout=timeout,
+            message=f"max_timeout of {self.limits.max_timeout}s exceeded",
+        )
+
     def _check_locked(self) -> None:
         if self._tripped is None:
             deadline = self.deadline
             if deadline is not None and time.monotonic() >= deadline:
-                self._tripped = TimeoutExceededError(
-                    f"max_timeout of {self.limits.max_timeout}s exceeded"
-                )
+                self._tripped = self._timeout_error()
         if self._tripped is not None:
             # One error object is raised by every refused call: drop the previous traceback so
             # it does not grow with each raise.
@@ -222,7 +228,9 @@ class Budget:
             self._check_locked()
             limit = self.limits.max_subcalls
             if limit is not None and self.subcalls + n > limit:
-                error = SubcallLimitExceededError(f"max_subcalls of {limit} reached")
+                error = SubcallLimitExceededError(
+                    subcalls=self.subcalls, limit=limit, message=f"max_subcalls of {limit} reached"
+                )
                 if self.subcalls >= limit:
                     self._tripped = self._tripped or error
                 raise error
@@ -301,9 +309,7 @@ class Budget:
                 elif waiter in self._waiters:
                     self._waiters.remove(waiter)
                 if isinstance(exc, TimeoutError) and self._tripped is None:
-                    self._tripped = TimeoutExceededError(
-                        f"max_timeout of {self.limits.max_timeout}s exceeded"
-                    )
+                    self._tripped = self._timeout_error()
                 self._wake()  # who was queued behind this call may fit now
                 if isinstance(exc, TimeoutError):
                     self._check_locked()
@@ -397,11 +403,15 @@ class Budget:
         limits = self.limits
         if limits.max_tokens is not None and self.tokens >= limits.max_tokens:
             self._tripped = TokenLimitExceededError(
-                f"max_tokens of {limits.max_tokens} reached ({self.tokens} used)"
+                tokens_used=self.tokens,
+                token_limit=limits.max_tokens,
+                message=f"max_tokens of {limits.max_tokens} reached ({self.tokens} used)",
             )
         elif limits.max_budget is not None and self.cost >= limits.max_budget:
             self._tripped = BudgetExceededError(
-                f"max_budget of ${limits.max_budget} reached (${self.cost:.6f} spent)"
+                spent=self.cost,
+                budget=limits.max_budget,
+                message=f"max_budget of ${limits.max_budget} reached (${self.cost:.6f} spent)",
             )
 
     def _wake(self) -> None:
