@@ -451,8 +451,15 @@ def test_router_rules() -> None:
     assert Router(root, by_depth={0: zero}).route(0, None) is zero
     assert router.clients() == [root, sub, deep]
     assert Router(root, others=[root, sub], by_depth={1: sub}).clients() == [root, sub]
-    with pytest.raises(ConfigurationError, match="deep, root, sub"):
-        router.route(0, "gpt-unknown")
+    # A model nobody registered: the depth's client asks its provider for that model, one twin
+    # per (client, model), sharing the client's connection; twins are not registered clients.
+    twin = router.route(1, "gpt-unknown")
+    assert twin.model_name == "gpt-unknown" and isinstance(twin, FakeLM)
+    assert twin._connection_owner is sub and router.route(1, "gpt-unknown") is twin
+    assert router.route(0, "gpt-unknown")._connection_owner is root
+    assert router.clients() == [root, sub, deep]
+    with pytest.raises(ConfigurationError, match="non-empty"):
+        router.route(0, "")
 
 
 def test_routing_over_the_wire(make_handler: Callable[..., LMHandler]) -> None:
@@ -465,10 +472,9 @@ def test_routing_over_the_wire(make_handler: Callable[..., LMHandler]) -> None:
         assert child_conn.request({"type": "llm", "prompt": "b"}, timeout=10)["model"] == "deep"
         by_name = conn.request({"type": "llm", "prompt": "c", "model": "root"}, timeout=10)
         assert by_name["model"] == "root"
-        with pytest.raises(RemoteError) as info:
-            conn.request({"type": "llm", "prompt": "d", "model": "nope"}, timeout=10)
-        assert info.value.error_type == "ConfigurationError"
-        assert "deep, root, sub" in info.value.message
+        # An unregistered name goes to the depth's client (sub), asking for that model.
+        unknown = conn.request({"type": "llm", "prompt": "d", "model": "nope"}, timeout=10)
+        assert unknown["model"] == "nope" and sub.calls[-1] == "d"
     assert handler.completion("e").model == "root"
     assert handler.completion("f", depth=1).model == "sub"
 

@@ -21,6 +21,7 @@ import collections
 import concurrent.futures
 import contextlib
 import inspect
+import copy
 import random
 import threading
 import time
@@ -167,6 +168,25 @@ class BaseLM(ABC):  # noqa: B024 - abstract in spirit: either contract below mus
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._usage = _ClientUsage()
+        self._connection_owner: BaseLM | None = None  # set on a `with_model` twin
+        # A missing API key, raised at the first call (as the reference does) rather than when
+        # the client is built, so code that builds an RLM without calling it (tests) works.
+        self._key_error: ConfigurationError | None = None
+
+    def with_model(self, model_name: str) -> BaseLM:
+        """This client asking for another model: same endpoint, key, sampling and retries.
+
+        `llm_query(p, model="X")` / `rlm_query(p, model="X")` with a model nobody registered
+        are served this way by the depth's client, so `X` is what the provider is sent. The
+        twin uses this client's connection and concurrency limiter (one pool, closed once,
+        by this client).
+        """
+        if not model_name:
+            raise ConfigurationError(f"{self.provider}: model_name is required")
+        twin = copy.copy(self)
+        twin.model_name = model_name
+        twin._connection_owner = self._connection_owner or self
+        return twin
 
     async def _acomplete(self, messages: list[Message], sampling: dict[str, Any]) -> LMResponse:
         """One request to the provider. Translate SDK errors to `ProviderError` here."""
@@ -197,6 +217,10 @@ class BaseLM(ABC):  # noqa: B024 - abstract in spirit: either contract below mus
         one shared loop, so this rebuilds only for a caller awaiting from another loop; the
         client of the other loop is then closed there.
         """
+        if self._connection_owner is not None:
+            return self._connection_owner._sdk_client()
+        if self._key_error is not None:
+            raise self._key_error
         loop = asyncio.get_running_loop()
         if self._client is None or self._client_loop is not loop:
             if self._finalizer is not None:
@@ -212,6 +236,8 @@ class BaseLM(ABC):  # noqa: B024 - abstract in spirit: either contract below mus
 
     async def aclose(self) -> None:
         """Release the client's connections; the next call builds a new client."""
+        if self._connection_owner is not None:
+            return  # the connection is the owner's, closed with it
         client, self._client = self._client, None
         if self._finalizer is not None:
             self._finalizer.detach()

@@ -94,17 +94,19 @@ class ScriptedLM(BaseLM):
 
     async def _acomplete(self, messages: list[Message], sampling: dict[str, Any]) -> LMResponse:
         received = [dict(m) for m in messages]
-        with self._lock:
-            self.calls.append(received)
+        # A `with_model` twin reads the same script as its owner: one position, one call log.
+        state = self._connection_owner if isinstance(self._connection_owner, ScriptedLM) else self
+        with state._lock:
+            state.calls.append(received)
             item: str | BaseException | None = None
-            if self._script is not None:
-                if self._next >= len(self._script):
+            if state._script is not None:
+                if state._next >= len(state._script):
                     raise ProviderError(
-                        f"scripted responses exhausted after {len(self._script)} replies",
+                        f"scripted responses exhausted after {len(state._script)} replies",
                         provider=self.provider,
                     )
-                item = self._script[self._next]
-                self._next += 1
+                item = state._script[state._next]
+                state._next += 1
         if self.latency:
             await asyncio.sleep(self.latency)
         text = await self._reply(item, received)

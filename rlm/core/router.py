@@ -1,7 +1,9 @@
 """Which client serves a call: by model name when one is asked for, else by depth.
 
-An unknown model name is an error naming the registered ones; silently serving it with the
-default client (and reporting usage under the requested name) is what the reference did.
+A model name nobody registered is served by the depth's client asking the provider for that
+model (`BaseLM.with_model`), as the reference does for `rlm_query(p, model=...)`; usage is then
+recorded under the model actually called. (The reference's `llm_query` served it with the
+default model while labelling the usage with the requested name: pitfall U7.)
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Router:
         self.default = default
         self.others: tuple[BaseLM, ...] = tuple(others)
         self.by_depth: dict[int, BaseLM] = dict(by_depth or {})
+        self._twins: dict[tuple[int, str], BaseLM] = {}  # (id of base client, model) -> twin
         for depth in self.by_depth:
             if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
                 raise ConfigurationError(f"depth_clients keys must be depths >= 0, got {depth!r}")
@@ -46,10 +49,17 @@ class Router:
             for client in self.clients():
                 if client.model_name == model:
                     return client
-            names = sorted({client.model_name for client in self.clients()})
-            raise ConfigurationError(
-                f"unknown model {model!r}; registered models: {', '.join(names)}"
-            )
+            if not isinstance(model, str) or not model.strip():
+                raise ConfigurationError(f"model must be a non-empty str, got {model!r}")
+            base = self._by_depth(depth)
+            key = (id(base), model)
+            twin = self._twins.get(key)
+            if twin is None:
+                twin = self._twins.setdefault(key, base.with_model(model))
+            return twin
+        return self._by_depth(depth)
+
+    def _by_depth(self, depth: int) -> BaseLM:
         if depth in self.by_depth:
             return self.by_depth[depth]
         if depth >= 1 and self.others:
