@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from rlm._optional import require
 from rlm.clients._http_errors import check_options, resolve_api_key, wants_direct_http
 from rlm.clients.base import BaseLM
+from rlm.errors import ConfigurationError
 
 
 class StainlessLM(BaseLM):
@@ -41,9 +42,12 @@ class StainlessLM(BaseLM):
         check_options(self.provider, options)
         super().__init__(model_name, **options)
         self._sdk = require(self.sdk_module, extra=self.extra)
-        self._api_key = resolve_api_key(
-            self.provider, api_key, self.env_key, default=self.default_api_key
-        )
+        try:
+            self._api_key = resolve_api_key(
+                self.provider, api_key, self.env_key, default=self.default_api_key
+            )
+        except ConfigurationError as exc:  # raised at the first call (BaseLM._sdk_client)
+            self._api_key, self._key_error = None, exc
         self.base_url = base_url or self.default_base_url
         self.default_headers = dict(default_headers or {})
         self.client_kwargs = dict(client_kwargs or {})

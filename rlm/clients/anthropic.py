@@ -20,7 +20,7 @@ from rlm.clients._fields import count, field
 from rlm.clients._http_errors import sdk_error
 from rlm.clients._stainless import StainlessLM
 from rlm.core.types import LMResponse, Message, Usage
-from rlm.errors import ProviderError
+from rlm.errors import ConfigurationError, ProviderError
 
 MESSAGES_PATH = "/v1/messages"
 DEFAULT_MAX_TOKENS = 4096
@@ -50,8 +50,22 @@ class AnthropicClient(StainlessLM):
     extra: ClassVar[str] = "anthropic"
     env_key: ClassVar[str | None] = "ANTHROPIC_API_KEY"
 
-    def __init__(self, model_name: str, *, prompt_caching: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        prompt_caching: bool = True,
+        max_tokens: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """`max_tokens` here (the reference's spelling) is the default for `sampling_args`."""
         super().__init__(model_name, **kwargs)
+        if max_tokens is not None:
+            if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+                raise ConfigurationError(
+                    f"anthropic: max_tokens must be an int >= 1, got {max_tokens!r}"
+                )
+            self.sampling_args.setdefault("max_tokens", max_tokens)
         self.prompt_caching = prompt_caching
         self._create_params: frozenset[str] = frozenset()
 

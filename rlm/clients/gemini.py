@@ -29,6 +29,9 @@ _RENAMED = {"max_tokens": "max_output_tokens", "max_completion_tokens": "max_out
 _UNSUPPORTED = frozenset({"prompt_cache_key", "n", "stream"})
 
 
+DEFAULT_MODEL = "gemini-2.5-flash"  # the reference's default, when no model_name is given
+
+
 class GeminiClient(BaseLM):
     """Gemini API. Key: `api_key`, else GEMINI_API_KEY, else GOOGLE_API_KEY.
 
@@ -41,7 +44,7 @@ class GeminiClient(BaseLM):
 
     def __init__(
         self,
-        model_name: str,
+        model_name: str = DEFAULT_MODEL,
         *,
         api_key: str | None = None,
         base_url: str | None = None,
@@ -57,7 +60,12 @@ class GeminiClient(BaseLM):
         self._genai = require("google.genai", extra="gemini", package="google-genai")
         self._types = require("google.genai.types", extra="gemini", package="google-genai")
         self._errors = require("google.genai.errors", extra="gemini", package="google-genai")
-        self._api_key = resolve_api_key(self.provider, api_key, "GEMINI_API_KEY", "GOOGLE_API_KEY")
+        try:
+            self._api_key = resolve_api_key(
+                self.provider, api_key, "GEMINI_API_KEY", "GOOGLE_API_KEY"
+            )
+        except ConfigurationError as exc:  # raised at the first call (BaseLM._sdk_client)
+            self._api_key, self._key_error = None, exc
         self.base_url = base_url
         self.api_version = api_version
         self.default_headers = dict(default_headers or {})

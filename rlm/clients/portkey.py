@@ -15,6 +15,7 @@ from rlm.clients._http_errors import check_options, openai_style_error, resolve_
 from rlm.clients.base import BaseLM
 from rlm.clients.openai import chat_completion_response
 from rlm.core.types import LMResponse, Message
+from rlm.errors import ConfigurationError
 
 
 class PortkeyClient(BaseLM):
@@ -43,10 +44,12 @@ class PortkeyClient(BaseLM):
         super().__init__(model_name, **options)
         self._portkey = require("portkey_ai", extra="portkey", package="portkey-ai")
         self._openai = require("portkey_ai._vendor.openai", extra="portkey", package="portkey-ai")
-        if base_url:
-            self._api_key = resolve_api_key(self.provider, api_key, None)
-        else:
-            self._api_key = resolve_api_key(self.provider, api_key, "PORTKEY_API_KEY")
+        try:
+            self._api_key = resolve_api_key(
+                self.provider, api_key, None if base_url else "PORTKEY_API_KEY"
+            )
+        except ConfigurationError as exc:  # raised at the first call (BaseLM._sdk_client)
+            self._api_key, self._key_error = None, exc
         self.base_url = base_url
         self.virtual_key = virtual_key
         self.gateway_provider = provider
