@@ -8,6 +8,7 @@ whatever the environment, which is what keeps limits and accounting host-side.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -64,6 +65,18 @@ class BaseEnv(ABC):
         self.timeout = timeout
         self.max_output_chars = max_output_chars
         self.tools: dict[str, ToolSpec] = dict(tools or {})
+        # Monotonic time at which the run's `max_timeout` runs out (set by the RLM per run).
+        self.run_deadline: float | None = None
+
+    def cell_timeout(self) -> float | None:
+        """Seconds the next cell may run: its own `timeout` or what the run has left, if less.
+
+        Every environment applies it, so a runaway cell stops at `max_timeout` everywhere.
+        """
+        if self.run_deadline is None:
+            return self.timeout
+        left = max(0.001, self.run_deadline - time.monotonic())
+        return left if self.timeout is None else min(self.timeout, left)
 
     @abstractmethod
     def load_context(self, context: Any, index: int = 0) -> None:

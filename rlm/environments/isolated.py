@@ -614,20 +614,19 @@ class IsolatedEnv(BaseEnv):
             raise TypeError("code must be a str")
         with self._lock:
             self._check_usable()
-            deadline = (
-                None if self.timeout is None else time.monotonic() + self.timeout + self.kill_grace
-            )
+            timeout = self.cell_timeout()
+            deadline = None if timeout is None else time.monotonic() + timeout + self.kill_grace
             message = {
                 "type": "exec",
                 "code": code,
-                "timeout": self.timeout,
+                "timeout": timeout,
                 "capture_chars": self.capture_chars,
             }
             try:
                 reply = self._request(message, deadline, grace=self.kill_grace)
             except TimeoutError:
                 reason = (
-                    f"the cell did not stop within its timeout ({self.timeout:g}s) plus "
+                    f"the cell did not stop within its timeout ({timeout:g}s) plus "
                     f"kill_grace ({self.kill_grace:g}s); the sandbox was killed and its state "
                     "is lost"
                 )

@@ -411,7 +411,9 @@ class LocalREPL(ReferenceREPLMethods, NonIsolatedEnv):
         if self._closed:
             raise SandboxError("the environment was cleaned up")
         with self._lock:
-            cell = self._repl.run_cell(code, timeout_label=self.timeout)
+            timeout = self.cell_timeout()
+            self._repl.timeout = timeout
+            cell = self._repl.run_cell(code, timeout_label=timeout)
             rlm_calls = self._subcalls.take() if self._subcalls is not None else []
             if self._lease is not None:  # driven by hand: the calls it made, reference-shaped
                 rlm_calls += self._lease.take_calls()
