@@ -13,7 +13,15 @@ from collections.abc import Mapping
 from rlm.core.types import QueryMetadata, REPLResult
 from rlm.environments.base import ToolSpec
 
-SYSTEM_PROMPT = """\
+STRATEGY = """\
+Strategy: first look at the context's structure (type, length, a few samples) before deciding \
+how to split it; filter with Python (regexes, string search) before paying for sub-LLM calls; \
+use a few large chunks per call rather than many small ones; collect intermediate answers in \
+variables and combine them at the end.
+
+"""
+
+_SYSTEM_PROMPT = """\
 You are tasked with answering a query with associated context. The context is NOT in this \
 conversation: it is stored in a Python REPL as the variable `context`, and you work with it by \
 writing code. The context may be far larger than what you can read at once, so inspect it \
@@ -39,18 +47,21 @@ decomposition (when recursion is disabled they are plain sub-LLM calls).
 6. `SHOW_VARS()`: lists the variables you have created.
 7. A sub-call that fails returns a string starting with "Error:" instead of raising; check for it.
 
-Strategy: first look at the context's structure (type, length, a few samples) before deciding \
-how to split it; filter with Python (regexes, string search) before paying for sub-LLM calls; \
-use a few large chunks per call rather than many small ones; collect intermediate answers in \
-variables and combine them at the end.
-
-When you are done, give the final answer in one of these ways:
+{strategy}When you are done, give the final answer in one of these ways:
 - in code: `answer["content"] = <your answer>` then `answer["ready"] = True`;
 - in code: `FINAL(<value>)`, or `FINAL_VAR("variable_name")` to return a variable's value \
 (lists and dicts are kept as values);
 - outside code, on its own line: `FINAL(your answer)` or `FINAL_VAR(variable_name)`.
 Do not give the final answer before you have seen the output that supports it.\
 """
+
+# The built-in system prompt (with the strategy section, as `orchestrator=True` sends it).
+SYSTEM_PROMPT = _SYSTEM_PROMPT.replace("{strategy}", STRATEGY)
+
+HISTORY_NOTE = (
+    "The full conversation so far (and the summaries of any compaction) is in the REPL "
+    "variable `history`, a list of messages."
+)
 
 
 def build_system_prompt(
@@ -59,9 +70,20 @@ def build_system_prompt(
     *,
     max_depth: int,
     depth: int,
+    orchestrator: bool = True,
+    compaction: bool = False,
 ) -> str:
-    """The system prompt; a custom one replaces the built-in text verbatim."""
-    parts = [custom_system_prompt if custom_system_prompt is not None else SYSTEM_PROMPT]
+    """The system prompt; a custom one replaces the built-in text verbatim.
+
+    `orchestrator=False` leaves out the built-in strategy section; `compaction=True` tells
+    the model that `history` holds the whole conversation.
+    """
+    if custom_system_prompt is not None:
+        parts = [custom_system_prompt]
+    else:
+        parts = [_SYSTEM_PROMPT.replace("{strategy}", STRATEGY if orchestrator else "")]
+    if compaction:
+        parts.append(HISTORY_NOTE)
     if depth + 1 < max_depth:
         parts.append(
             "Recursion is enabled: `rlm_query` starts a child RLM with its own REPL "

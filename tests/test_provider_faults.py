@@ -20,6 +20,7 @@ import pytest
 
 from rlm import RLM
 from rlm.core.types import RLMChatCompletion
+from rlm.errors import TimeoutExceededError
 from rlm.testing import FaultPlan, ProviderSimulator, SimRequest
 
 pytestmark = pytest.mark.timeout(240)
@@ -178,22 +179,27 @@ def test_max_timeout_always_ends_the_run(environment: str, case: str) -> None:
             backend, backend_kwargs = "openai", openai_kwargs(stalled, "root", timeout=60.0)
         else:
             backend, backend_kwargs = "scripted", {"model_name": "root", "responses": [code]}
-        # Local cells cannot be killed: their own timeout (5 s) ends the orphaned thread soon
-        # after the run has returned; the process worker is killed with the run.
-        cell_timeout = 5 if environment == "local" else 60
+        # A cell's deadline is the smaller of its own timeout and what the run has left, in
+        # every environment: the local cell is interrupted, the process worker killed.
+        cell_timeout = 60
         started = time.monotonic()
-        with RLM(
-            backend=backend,
-            backend_kwargs=backend_kwargs,
-            other_backends=["openai"],
-            other_backend_kwargs=[openai_kwargs(stalled, "sub", timeout=60.0, max_retries=0)],
-            environment=environment,
-            environment_kwargs={"timeout": cell_timeout},
-            max_timeout=1,
-        ) as rlm:
-            out = rlm.completion("ctx")
+        with (
+            RLM(
+                backend=backend,
+                backend_kwargs=backend_kwargs,
+                other_backends=["openai"],
+                other_backend_kwargs=[openai_kwargs(stalled, "sub", timeout=60.0, max_retries=0)],
+                environment=environment,
+                environment_kwargs={"timeout": cell_timeout},
+                max_timeout=1,
+            ) as rlm,
+            pytest.raises(TimeoutExceededError) as caught,
+        ):
+            rlm.completion("ctx")
         elapsed = time.monotonic() - started
+    out = caught.value.completion
     assert out.stop_reason == "max_timeout", (out.stop_reason, out.error)
+    assert caught.value.timeout == 1
     assert elapsed < 1 + 15, elapsed  # the limit, plus generous room for cleanup
     if environment == "process":
         assert not _worker_processes_of(os.getpid())

@@ -13,6 +13,11 @@ import pytest
 
 from rlm import RLM, ConfigurationError, ContextLoadError
 from rlm.core.types import Message
+from rlm.errors import (
+    ErrorThresholdExceededError,
+    SubcallLimitExceededError,
+    TimeoutExceededError,
+)
 from rlm.logger import RLMLogger
 
 FENCE = "```"
@@ -149,8 +154,12 @@ def test_max_iterations_ends_with_one_answer_now_call() -> None:
 
 
 def test_max_errors_stops_after_consecutive_failing_turns() -> None:
-    with scripted(lambda m: repl("1 / 0"), max_errors=2, max_iterations=10) as rlm:
-        out = rlm.completion("ctx")
+    rlm = scripted(lambda m: repl("1 / 0"), max_errors=2, max_iterations=10)
+    with rlm, pytest.raises(ErrorThresholdExceededError) as caught:
+        rlm.completion("ctx")
+    assert (caught.value.error_count, caught.value.threshold) == (2, 2)
+    assert "ZeroDivisionError" in (caught.value.last_error or "")
+    out = caught.value.completion
     assert out.stop_reason == "max_errors"
     assert out.iterations == 2
     assert (
@@ -162,7 +171,9 @@ def test_max_tokens_counts_sub_calls_and_returns_best_answer() -> None:
     def root(messages: list[Message]) -> str:
         return "Partial: probably 7.\n" + repl("r = llm_query('x' * 4000)\nprint(r[:20])")
 
-    with scripted(root, sub=lambda m: "y" * 400, max_tokens=3000, max_iterations=10) as rlm:
+    with scripted(
+        root, sub=lambda m: "y" * 400, max_tokens=3000, max_iterations=10, on_limit="return"
+    ) as rlm:
         out = rlm.completion("ctx")
     assert out.stop_reason == "max_tokens"
     assert out.response == "Partial: probably 7."
@@ -171,8 +182,11 @@ def test_max_tokens_counts_sub_calls_and_returns_best_answer() -> None:
 
 def test_max_subcalls_trips_and_code_sees_error_strings() -> None:
     code = "rs = [llm_query(f'q{i}') for i in range(5)]\nprint(rs)"
-    with scripted(lambda m: repl(code), sub=lambda m: "ok", max_subcalls=3) as rlm:
-        out = rlm.completion("ctx")
+    rlm = scripted(lambda m: repl(code), sub=lambda m: "ok", max_subcalls=3)
+    with rlm, pytest.raises(SubcallLimitExceededError) as caught:
+        rlm.completion("ctx")
+    assert (caught.value.subcalls, caught.value.limit) == (3, 3)
+    out = caught.value.completion
     assert out.stop_reason == "max_subcalls"
     stdout = out.metadata["iterations"][0]["code_blocks"][0]["result"]["stdout"]  # type: ignore[index]
     assert stdout.count("'ok'") == 3 and "SubcallLimitExceededError" in stdout
@@ -185,7 +199,10 @@ def test_max_timeout_ends_a_run_stuck_in_a_slow_model() -> None:
 
     with scripted(root, max_timeout=1.0, max_iterations=50) as rlm:
         started = time.monotonic()
-        out = rlm.completion("ctx")
+        with pytest.raises(TimeoutExceededError) as caught:
+            rlm.completion("ctx")
+    assert caught.value.timeout == 1.0 and caught.value.elapsed >= 1.0
+    out = caught.value.completion
     assert out.stop_reason == "max_timeout"
     assert time.monotonic() - started < 5
 
@@ -201,6 +218,7 @@ def test_max_budget_with_priced_model() -> None:
         },
         max_budget=0.05,
         max_iterations=100,
+        on_limit="return",
     )
     with rlm:
         out = rlm.completion("c" * 2000)

@@ -177,6 +177,7 @@ def _run_rlm(config: BenchConfig, backends: Backends, task: Task) -> dict[str, A
             allow_unpriced_models=config.allow_unpriced_models,
             max_timeout=config.max_timeout,
             logger=logger,
+            on_limit="return",  # a stopped run is scored on its partial answer
         )
         try:
             completion = rlm.completion(task.context, root_prompt=task.question)

@@ -154,6 +154,7 @@ def main(args: argparse.Namespace) -> int:
         kwargs["logger"] = RLMLogger(log_dir=args.log_dir)
     if not args.quiet:
         kwargs["verbose"] = True
+    kwargs["on_limit"] = "return"  # the demo reports the stop reason with the partial answer
     with RLM(**kwargs) as rlm:
         out = rlm.completion(task.context, root_prompt=task.question)
     correct = task.score(out.response) == 1.0

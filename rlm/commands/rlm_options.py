@@ -168,4 +168,5 @@ def build_rlm(args: argparse.Namespace, *, observers: list[Any] | None = None) -
         logger = RLMLogger(
             args.log_dir, log_context=not args.no_log_context, log_format=args.log_format
         )
-    return RLM(**settings, logger=logger, observers=observer_list)
+    # The commands report a stopped run's partial answer with its stop reason, not a traceback.
+    return RLM(**settings, logger=logger, observers=observer_list, on_limit="return")

@@ -30,7 +30,7 @@ from rlm.commands.rlm_options import (
     add_model_arguments,
     build_rlm,
 )
-from rlm.errors import ConfigurationError, RLMError
+from rlm.errors import CancellationError, ConfigurationError, RLMError
 from rlm.logger.redact import Redactor
 
 EXIT_ANSWERED = 0
@@ -83,7 +83,10 @@ def main(args: argparse.Namespace) -> int:
     try:
         with rlm:
             completion = rlm.completion(context, root_prompt=args.root_prompt)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, CancellationError) as exc:
+        partial = getattr(exc, "partial_answer", None)
+        if partial:
+            print(redactor.text(partial))
         print("rlm: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except ConfigurationError as exc:

@@ -27,7 +27,7 @@ from rlm.core.types import (
     Usage,
 )
 from rlm.environments.base import BaseEnv
-from rlm.errors import LimitExceededError, RLMError, TimeoutExceededError
+from rlm.errors import ConfigurationError, LimitExceededError, RLMError, TimeoutExceededError
 from rlm.parsing import find_code_blocks, find_final, ignored_languages, strip_code
 from rlm.prompts import (
     ANSWER_NOW,
@@ -92,12 +92,19 @@ class RunLoop:
             async with asyncio.timeout(budget.remaining_time()):
                 await self._turns()
         except TimeoutError:
+            timeout = budget.limits.max_timeout or 0.0
             budget.trip(
-                TimeoutExceededError(f"max_timeout of {budget.limits.max_timeout}s exceeded")
+                TimeoutExceededError(
+                    elapsed=time.monotonic() - budget.started,
+                    timeout=timeout,
+                    message=f"max_timeout of {timeout}s exceeded",
+                )
             )
             self.stop_reason = "max_timeout"
         except LimitExceededError as exc:
             self.stop_reason = exc.stop_reason  # type: ignore[assignment]
+        except ConfigurationError:
+            raise  # bad arguments (a missing API key at the first call) are the caller's to fix
         except RLMError as exc:
             self.stop_reason = "error"
             self.error = f"{type(exc).__name__}: {exc}"
@@ -110,6 +117,9 @@ class RunLoop:
             self.tree.events.emit("on_iteration_start", self.info, self.iteration)
             started = time.monotonic()
             reply, usage = await self._ask()
+            # The prose of the latest reply is the best answer so far, even if its code then
+            # runs into a limit.
+            self.best = strip_code(reply) or self.best
             blocks = await self._run_blocks(reply)
             if self.answer_text is None:
                 await self._final_from_prose(reply, blocks)
@@ -117,12 +127,11 @@ class RunLoop:
             if self.answer_text is not None:
                 self.stop_reason = "final_answer"
                 return
-            self.best = strip_code(reply) or self.best
-            consecutive_errors = (
-                consecutive_errors + 1 if any(b.result.error for b in blocks) else 0
-            )
+            failed = [b.result for b in blocks if b.result.error]
+            consecutive_errors = consecutive_errors + 1 if failed else 0
             if rlm.max_errors is not None and consecutive_errors >= rlm.max_errors:
                 self.stop_reason = "max_errors"
+                self.error = failed[-1].stderr.strip() or str(failed[-1].error)
                 return
             self.tree.budget.check()
             if blocks:
@@ -159,8 +168,13 @@ class RunLoop:
         self.transcript.append(message)
 
     async def _ask(self) -> tuple[str, Usage]:
-        if self.rlm.compaction and self._near_window():
-            await self._compact()
+        if self.rlm.compaction:
+            if self._near_window():
+                await self._compact()
+            # `history` is in the REPL from the first turn on, and current at every turn.
+            await to_thread(
+                self.env.add_history, jsonable_messages(self.transcript), self.history_index
+            )
         response = await self._call(list(self.messages))
         self._last_input_tokens = response.usage.input_tokens
         self._counted = len(self.messages)

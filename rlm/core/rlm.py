@@ -12,21 +12,24 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from rlm.clients import get_client
 from rlm.clients.base import BaseLM, as_client
-from rlm.core.aio import on_loop, run_sync, spawn, to_thread
+from rlm.core.aio import get_loop, in_loop_thread, on_loop, run_sync, spawn, to_thread
 from rlm.core.budget import Budget, Ledger, Limits, check_priced
 from rlm.core.cache import SubcallCache
 from rlm.core.events import CallbackObserver, Events, EventStream, Observer, RunEvent, RunInfo
 from rlm.core.lm_handler import LMHandler, Session
 from rlm.core.loop import RunLoop, Tree, jsonable_messages
 from rlm.core.types import (
+    Message,
     QueryMetadata,
     RLMChatCompletion,
     SubcallRecord,
@@ -37,9 +40,17 @@ from rlm.core.types import (
 from rlm.environments import environment_class, get_environment
 from rlm.environments.base import BaseEnv, ToolSpec
 from rlm.errors import (
+    BudgetExceededError,
+    CancellationError,
     ConfigurationError,
     ContextLoadError,
+    ErrorThresholdExceededError,
+    LimitExceededError,
     RLMError,
+    SandboxError,
+    SubcallLimitExceededError,
+    TimeoutExceededError,
+    TokenLimitExceededError,
 )
 from rlm.logger.redact import register_sensitive_values
 from rlm.prompts import (
@@ -49,7 +60,12 @@ from rlm.prompts import (
 from rlm.runtime.repl import HELPER_NAMES, to_jsonable
 from rlm.utils.rlm_utils import filter_sensitive_keys
 
+OnLimit = Literal["raise", "return"]
+
 RESERVED_NAMES = frozenset({*HELPER_NAMES, "answer", "context", "history"})
+
+# Seconds a run may take to wind down after Ctrl-C (cells stopped, environments released).
+CANCEL_GRACE = 30.0
 
 CHILD_TASK_PROMPT = "The task is given in `context`: read it and do what it asks."
 
@@ -70,18 +86,27 @@ class RLM:
         backend / backend_kwargs: the root model's client (see `rlm.clients`); `backend` may also
             be a `BaseLM` instance, e.g. a reference-style subclass (then no backend_kwargs).
         environment / environment_kwargs: where code runs ("local", "process", "docker", ...);
-            `environment_kwargs={"timeout": s}` sets the per-cell timeout.
+            `environment_kwargs={"timeout": s}` sets the per-cell timeout, and
+            `{"setup_code": "..."}` runs code in the REPL before the first turn (a failing
+            setup is a `SandboxError`, not a silent stderr).
         depth: this RLM's own depth (0 for a root).
         max_depth: 1 = sub-calls are plain LMs; n > 1 lets `rlm_query` start child RLMs
             down to depth n - 1.
         max_iterations: root turns per run before one last "answer now" call.
         max_budget (USD), max_timeout (s), max_tokens, max_subcalls: limits over the whole
-            recursion tree, checked host-side, concurrent calls included.
+            recursion tree, checked host-side, concurrent calls included; `max_timeout` also
+            bounds a running cell.
         allow_unpriced_models: with max_budget, a model rlm has no price for is refused before
             the first call (`ConfigurationError`) unless this is True; its calls then count $0.
         ledger: a budget above this RLM's runs that every call also draws from (`rlm.batch`
             holds one per batch, so `max_budget` / `max_tokens` bound a whole batch).
         max_errors: stop after this many consecutive turns whose code raised.
+        on_limit: what `completion()` does when a limit stops the run. "raise" (the default,
+            as in the reference): raise `TimeoutExceededError`, `TokenLimitExceededError`,
+            `BudgetExceededError`, `SubcallLimitExceededError` or `ErrorThresholdExceededError`,
+            each with `partial_answer` and `completion` (the `RLMChatCompletion` so far).
+            "return": return that completion instead; `stop_reason` says which limit
+            stopped it. Ctrl-C always raises `CancellationError` (with the same two fields).
         other_backends / other_backend_kwargs: more clients; the first serves depth >= 1.
         depth_backends: {depth: {"backend": name, "backend_kwargs": {...}}} for finer routing.
         custom_tools / custom_sub_tools: {name: callable | value | {"tool": ..., "description":
@@ -90,8 +115,15 @@ class RLM:
         max_concurrent_subcalls: child RLMs running at once per depth level.
         max_output_chars: REPL output shown to the root LM per block (head and tail kept).
         compaction / compaction_threshold_pct / context_window: when the root history nears
-            that share of the root model's window (tokens; known models are looked up), older
-            turns are summarised into one message; the full transcript stays in `history`.
+            that share (0 < pct <= 1) of the root model's window (tokens; known models are
+            looked up), older turns are summarised into one message; the full transcript is
+            in the REPL's `history` from the first turn on.
+        sampling_args / sub_sampling_args: merged into the root client's (resp. the sub-call
+            client's) `sampling_args`; with `sub_sampling_args` and no `other_backends`, the
+            root backend is mirrored for sub-calls, as in the reference.
+        orchestrator: keep the system prompt's strategy section (delegate reading to sub-LLMs,
+            filter with code first); False leaves it out.
+        user_prologue: text added to the first user message, after the context's metadata.
         observers: extra `rlm.core.events.Observer`s (loggers, UIs).
         cache: the sub-call cache (`rlm.core.cache`): a `SubcallCache`, a SQLite file path, or
             True for the default path. Identical LM requests, root turns included, are answered
@@ -119,23 +151,40 @@ class RLM:
         persistent: bool = False,
         custom_tools: Mapping[str, Any] | None = None,
         custom_sub_tools: Mapping[str, Any] | None = None,
-        max_concurrent_subcalls: int = 8,
-        *,
-        max_subcalls: int | None = None,
-        depth_backends: Mapping[int, Mapping[str, Any]] | None = None,
-        max_output_chars: int = 20_000,
         compaction: bool = False,
         compaction_threshold_pct: float = 0.85,
-        context_window: int | None = None,
+        max_concurrent_subcalls: int = 8,
         on_subcall_start: Callable[..., Any] | None = None,
         on_subcall_complete: Callable[..., Any] | None = None,
         on_iteration_start: Callable[..., Any] | None = None,
         on_iteration_complete: Callable[..., Any] | None = None,
+        sampling_args: Mapping[str, Any] | None = None,
+        sub_sampling_args: Mapping[str, Any] | None = None,
+        orchestrator: bool = True,
+        user_prologue: str | None = None,
+        *,
+        on_limit: OnLimit = "raise",
+        max_subcalls: int | None = None,
+        depth_backends: Mapping[int, Mapping[str, Any]] | None = None,
+        max_output_chars: int = 20_000,
+        context_window: int | None = None,
         observers: Sequence[Observer] = (),
         cache: SubcallCache | str | os.PathLike[str] | bool | None = None,
         allow_unpriced_models: bool = False,
         ledger: Ledger | None = None,
     ) -> None:
+        if on_limit not in ("raise", "return"):
+            raise ConfigurationError(f"on_limit must be 'raise' or 'return', got {on_limit!r}")
+        if user_prologue is not None and not isinstance(user_prologue, str):
+            raise ConfigurationError("user_prologue must be a str or None")
+        backend_kwargs, other_backends, other_backend_kwargs = _with_sampling_args(
+            backend,
+            backend_kwargs,
+            other_backends,
+            other_backend_kwargs,
+            sampling_args,
+            sub_sampling_args,
+        )
         _check_int("depth", depth, minimum=0)
         _check_int("max_depth", max_depth, minimum=1)
         _check_int("max_iterations", max_iterations, minimum=1)
@@ -145,9 +194,13 @@ class RLM:
             _check_int("max_errors", max_errors, minimum=1)
         if context_window is not None:
             _check_int("context_window", context_window, minimum=256)
-        if not 0.1 <= compaction_threshold_pct <= 1.0:
+        if (
+            isinstance(compaction_threshold_pct, bool)
+            or not isinstance(compaction_threshold_pct, (int, float))
+            or not 0.0 < compaction_threshold_pct <= 1.0
+        ):
             raise ConfigurationError(
-                f"compaction_threshold_pct must be in [0.1, 1.0], got {compaction_threshold_pct}"
+                f"compaction_threshold_pct must be in (0, 1], got {compaction_threshold_pct!r}"
             )
         self.ledger = ledger
         self.limits = Limits(
@@ -163,6 +216,11 @@ class RLM:
         )  # for run_metadata
         self.environment = environment
         self.environment_kwargs = dict(environment_kwargs or {})
+        self.setup_code = self.environment_kwargs.pop("setup_code", None)
+        if self.setup_code is not None and not isinstance(self.setup_code, str):
+            raise ConfigurationError(
+                "environment_kwargs['setup_code'] must be a str of Python code"
+            )
         for key in ("handler", "depth", "tools"):
             if key in self.environment_kwargs:
                 raise ConfigurationError(f"environment_kwargs may not set {key!r}: rlm sets it")
@@ -172,6 +230,9 @@ class RLM:
         self.max_iterations = max_iterations
         self.max_errors = max_errors
         self.custom_system_prompt = custom_system_prompt
+        self.orchestrator = orchestrator
+        self.user_prologue = user_prologue
+        self.on_limit: OnLimit = on_limit
         self.persistent = persistent
         self.max_concurrent_subcalls = max_concurrent_subcalls
         self.max_output_chars = max_output_chars
@@ -230,13 +291,52 @@ class RLM:
         self.observers = observer_list
         self._persistent: _Persistent | None = None
         self._persistent_lock: asyncio.Lock | None = None
+        self._interrupted: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         self._closed = False
 
     # ----------------------------------------------------------------- public API
 
     def completion(self, prompt: Any, root_prompt: str | None = None) -> RLMChatCompletion:
-        """Run the RLM on `prompt` (the context) and return its answer. Blocks until done."""
-        return run_sync(self._complete(prompt, root_prompt))
+        """Run the RLM on `prompt` (the context) and return its answer. Blocks until done.
+
+        A limit that stops the run raises its `LimitExceededError` (see `on_limit`); Ctrl-C
+        stops the run, releases its environments and raises `CancellationError`, both
+        carrying the completion so far.
+        """
+        if in_loop_thread():
+            raise RuntimeError("completion() called from the rlm event loop; use acompletion()")
+        started = threading.Event()
+        task: list[asyncio.Task[RLMChatCompletion]] = []
+
+        async def run() -> RLMChatCompletion:
+            current = asyncio.current_task()
+            assert current is not None
+            task.append(current)
+            started.set()
+            return await self._complete(prompt, root_prompt)
+
+        future = asyncio.run_coroutine_threadsafe(run(), get_loop())
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            pass
+        # Ctrl-C: cancel the run on the loop and wait for it to wind down (cells are stopped
+        # and environments cleaned up by the run's own `finally`), then report what it had.
+        started.wait(5)
+        if task:
+
+            def interrupt() -> None:
+                self._interrupted.add(task[0])
+                task[0].cancel()
+
+            get_loop().call_soon_threadsafe(interrupt)
+        try:
+            future.result(CANCEL_GRACE)
+        except CancellationError:
+            raise
+        except BaseException:  # the run could not report a completion in time
+            future.cancel()
+        raise CancellationError(message="Execution cancelled by user (Ctrl+C)") from None
 
     async def acompletion(self, prompt: Any, root_prompt: str | None = None) -> RLMChatCompletion:
         """`completion` for async code; many may run at once on one `RLM`."""
@@ -293,13 +393,21 @@ class RLM:
             await self.handler.astart()
         tree = Tree(Budget(self.limits, self.ledger), Events([*self.observers, *extra_observers]))
         if not self.persistent:
-            return await self._run(prompt, root_prompt, self.depth, tree, UsageLedger(), "", None)
-        if self._persistent_lock is None:
-            self._persistent_lock = asyncio.Lock()
-        async with self._persistent_lock:
-            return await self._run(
-                prompt, root_prompt, self.depth, tree, UsageLedger(), "", None, persistent=True
+            completion = await self._run(
+                prompt, root_prompt, self.depth, tree, UsageLedger(), "", None
             )
+        else:
+            if self._persistent_lock is None:
+                self._persistent_lock = asyncio.Lock()
+            async with self._persistent_lock:
+                completion = await self._run(
+                    prompt, root_prompt, self.depth, tree, UsageLedger(), "", None, persistent=True
+                )
+        if self.on_limit == "raise":
+            error = limit_error(completion, tree.budget, self.max_errors)
+            if error is not None:
+                raise error
+        return completion
 
     async def _run(
         self,
@@ -336,22 +444,36 @@ class RLM:
             tree, ledger, depth, run_id, info, tools, specs, persistent
         )
         loop = RunLoop(self, tree, info, session, env, client.model_name if model else None, index)
+        cancelled = False
         try:
+            # A running cell stops when the tree's time runs out, in every environment.
+            env.run_deadline = tree.budget.deadline
             await to_thread(env.load_context, context, index)
+            if self.setup_code is not None and index == 0:
+                await self._run_setup_code(env)
             tree.events.emit("on_run_start", info)
-            messages = [
+            first = context_metadata_message(metadata, root_prompt, index=index)
+            if self.user_prologue:
+                first += "\n\n" + self.user_prologue
+            messages: list[Message] = [
                 {
                     "role": "system",
                     "content": build_system_prompt(
-                        self.custom_system_prompt, specs, max_depth=self.max_depth, depth=depth
+                        self.custom_system_prompt,
+                        specs,
+                        max_depth=self.max_depth,
+                        depth=depth,
+                        orchestrator=self.orchestrator,
+                        compaction=self.compaction,
                     ),
                 },
-                {
-                    "role": "user",
-                    "content": context_metadata_message(metadata, root_prompt, index=index),
-                },
+                {"role": "user", "content": first},
             ]
-            await loop.run(messages)
+            try:
+                await loop.run(messages)
+            except asyncio.CancelledError:
+                cancelled = True
+                loop.stop_reason = "cancelled"
         finally:
             if persistent:
                 assert self._persistent is not None
@@ -373,7 +495,27 @@ class RLM:
             iterations=loop.iteration,
         )
         tree.events.emit("on_run_end", info, completion)
+        if cancelled:
+            current = asyncio.current_task()
+            if depth == self.depth and current in self._interrupted:
+                self._interrupted.discard(current)  # type: ignore[arg-type]
+                raise CancellationError(
+                    partial_answer=completion.response or None,
+                    message="Execution cancelled by user (Ctrl+C)",
+                    completion=completion,
+                )
+            raise asyncio.CancelledError
         return completion
+
+    async def _run_setup_code(self, env: BaseEnv) -> None:
+        """`environment_kwargs["setup_code"]`: run before the first turn; failing is an error."""
+        assert self.setup_code is not None
+        result = await to_thread(env.execute, self.setup_code)
+        if result.error or result.timed_out:
+            raise SandboxError(
+                "environment_kwargs['setup_code'] failed: "
+                + (result.stderr.strip() or str(result.error))
+            )
 
     async def _open(
         self,
@@ -498,34 +640,130 @@ class RLM:
 # --------------------------------------------------------------------- helpers
 
 
+MAX_CONTEXT_DEPTH = 500  # the nesting every environment's loader accepts
+
+
 def validate_context(value: Any) -> None:
     """A context must be JSON data (str, numbers, lists, dicts): every environment can load it.
 
-    Walks the value instead of serialising it, so a 100 MB string costs nothing to check.
+    Walks the value instead of serialising it, so a 100 MB string costs nothing to check. A
+    container that holds itself (`a = []; a.append(a)`) or nesting deeper than
+    `MAX_CONTEXT_DEPTH` is refused at once: neither can be sent to an environment.
     """
-    stack = [value]
+    # Depth-first with explicit exits, so `path` holds the containers above the current item:
+    # meeting one of them again is a cycle; meeting a shared container elsewhere is fine.
+    path: set[int] = set()
+    stack: list[tuple[Any, int, bool]] = [(value, 0, False)]
     while stack:
-        item = stack.pop()
+        item, level, leaving = stack.pop()
+        if leaving:
+            path.discard(id(item))
+            continue
         if item is None or isinstance(item, (str, bool, int)):
             continue
         if isinstance(item, float):
             if item != item or item in (float("inf"), float("-inf")):
                 raise ContextLoadError("the prompt cannot be loaded as `context`: NaN/Infinity")
             continue
-        if isinstance(item, (list, tuple)):
-            stack.extend(item)
-            continue
-        if isinstance(item, dict):
-            if not all(isinstance(k, str) for k in item):
+        if isinstance(item, (list, tuple, dict)):
+            if id(item) in path:
                 raise ContextLoadError(
-                    "the prompt cannot be loaded as `context`: dict keys must be str"
+                    "the prompt cannot be loaded as `context`: it contains itself (a cycle)"
                 )
-            stack.extend(item.values())
+            if level >= MAX_CONTEXT_DEPTH:
+                raise ContextLoadError(
+                    "the prompt cannot be loaded as `context`: nested more than "
+                    f"{MAX_CONTEXT_DEPTH} levels deep"
+                )
+            if isinstance(item, dict):
+                if not all(isinstance(k, str) for k in item):
+                    raise ContextLoadError(
+                        "the prompt cannot be loaded as `context`: dict keys must be str"
+                    )
+                children: Any = item.values()
+            else:
+                children = item
+            path.add(id(item))
+            stack.append((item, level, True))
+            stack.extend((child, level + 1, False) for child in children)
             continue
         raise ContextLoadError(
             "the prompt cannot be loaded as `context`: it must be a str, a list of str, a dict, "
             f"a list of chat messages or other JSON data, not {type(item).__name__}"
         )
+
+
+def limit_error(
+    completion: RLMChatCompletion, budget: Budget, max_errors: int | None
+) -> LimitExceededError | None:
+    """The exception a run stopped by a limit raises, carrying its completion; else None."""
+    partial = completion.response or None
+    limits = budget.limits
+    reason = completion.stop_reason
+    if reason == "max_timeout":
+        return TimeoutExceededError(
+            elapsed=time.monotonic() - budget.started,
+            timeout=limits.max_timeout or 0.0,
+            partial_answer=partial,
+            completion=completion,
+        )
+    if reason == "max_tokens":
+        return TokenLimitExceededError(
+            tokens_used=budget.tokens,
+            token_limit=limits.max_tokens or 0,
+            partial_answer=partial,
+            completion=completion,
+        )
+    if reason == "max_budget":
+        return BudgetExceededError(
+            spent=budget.cost,
+            budget=limits.max_budget or 0.0,
+            partial_answer=partial,
+            completion=completion,
+        )
+    if reason == "max_subcalls":
+        return SubcallLimitExceededError(
+            subcalls=budget.subcalls,
+            limit=limits.max_subcalls or 0,
+            partial_answer=partial,
+            completion=completion,
+        )
+    if reason == "max_errors":
+        return ErrorThresholdExceededError(
+            error_count=max_errors or 0,
+            threshold=max_errors or 0,
+            last_error=completion.error,
+            partial_answer=partial,
+            completion=completion,
+        )
+    return None
+
+
+def _with_sampling_args(
+    backend: str,
+    backend_kwargs: Mapping[str, Any] | None,
+    other_backends: Sequence[str] | None,
+    other_backend_kwargs: Sequence[Mapping[str, Any]] | None,
+    sampling_args: Mapping[str, Any] | None,
+    sub_sampling_args: Mapping[str, Any] | None,
+) -> tuple[dict[str, Any], list[str], list[dict[str, Any]]]:
+    """Fold `sampling_args` / `sub_sampling_args` into the clients' kwargs (new dicts).
+
+    `sub_sampling_args` without `other_backends` mirrors the root backend for sub-calls, so
+    depth-1 calls get their own sampling while going to the same model.
+    """
+    root = dict(backend_kwargs or {})
+    others = list(other_backends or [])
+    other_kwargs = [dict(kw or {}) for kw in (other_backend_kwargs or [{} for _ in others])]
+    if sampling_args is not None:
+        root["sampling_args"] = {**(root.get("sampling_args") or {}), **sampling_args}
+    if sub_sampling_args is not None:
+        if not others:
+            others, other_kwargs = [backend], [dict(root)]
+        first = other_kwargs[0] if other_kwargs else {}
+        first["sampling_args"] = {**(first.get("sampling_args") or {}), **sub_sampling_args}
+        other_kwargs[:1] = [first]
+    return root, others, other_kwargs
 
 
 def _check_int(name: str, value: Any, *, minimum: int) -> None:
