@@ -330,13 +330,18 @@ class RLM:
                 task[0].cancel()
 
             get_loop().call_soon_threadsafe(interrupt)
+        completion: RLMChatCompletion | None = None
         try:
-            future.result(CANCEL_GRACE)
+            completion = future.result(CANCEL_GRACE)  # the run ended before the cancel landed
         except CancellationError:
             raise
         except BaseException:  # the run could not report a completion in time
             future.cancel()
-        raise CancellationError(message="Execution cancelled by user (Ctrl+C)") from None
+        raise CancellationError(
+            partial_answer=completion.response if completion is not None else None,
+            message="Execution cancelled by user (Ctrl+C)",
+            completion=completion,
+        ) from None
 
     async def acompletion(self, prompt: Any, root_prompt: str | None = None) -> RLMChatCompletion:
         """`completion` for async code; many may run at once on one `RLM`."""
