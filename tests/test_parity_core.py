@@ -368,3 +368,14 @@ def test_reference_parsing_helpers_format_a_turn() -> None:
     assert convert_context_for_repl("text") == (None, "text")
     assert convert_context_for_repl([{"content": "a"}, {"content": "b"}]) == (["a", "b"], None)
     assert convert_context_for_repl({"k": 1}) == ({"k": 1}, None)
+
+
+def test_sub_calls_refused_by_a_limit_are_recorded_with_their_error() -> None:
+    code = "rs = [llm_query(f'q{i}') for i in range(5)]\nprint(rs)"
+    rlm = scripted(lambda m: repl(code), sub=lambda m: "ok", max_subcalls=3, on_limit="return")
+    with rlm:
+        out = rlm.completion("ctx")
+    calls = records(out)
+    assert len(calls) == 5
+    assert [bool(c["error"]) for c in calls] == [False, False, False, True, True]
+    assert "SubcallLimitExceededError" in calls[-1]["error"]

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from rlm.clients.base import BaseLM
 from rlm.core.aio import get_loop, in_loop_thread, on_loop, run_sync, to_thread
-from rlm.core.budget import Budget
+from rlm.core.budget import Budget, check_priced
 from rlm.core.cache import SubcallCache, cache_key
 from rlm.core.router import Router
 from rlm.core.types import LMResponse, Prompt, SubcallRecord, Usage, UsageLedger, to_messages
@@ -507,14 +507,20 @@ class LMHandler:
         except TypeError as exc:
             raise ConfigurationError(str(exc)) from None
         budget = session.budget if session is not None else None
-        if budget is not None:
-            budget.check()
         client = self.router.route(depth, model)
-        if budget is not None and kind != "root":
-            budget.start_subcall()
         record = None
         if session is not None and kind != "root":
             record = self._begin(session, kind, depth, client.model_name, _prompt_text(prompt))
+        if budget is not None:
+            try:  # a refused sub-call is still a record in the trajectory, with its error
+                budget.check()
+                check_priced([client], budget.limits)  # `model=` may name an unpriced model
+                if kind != "root":
+                    budget.start_subcall()
+            except BaseException as exc:
+                if session is not None and record is not None:
+                    self._finish(session, record, error=exc)
+                raise
         reservation = None  # set once the budget holds this call's worst case
         try:
             if budget is not None:  # reserve first, so concurrent calls cannot overrun a limit
@@ -862,13 +868,13 @@ class LMHandler:
                 "stop_reason": "final_answer",
                 "value": None,
             }
-        if session.budget is not None:
-            session.budget.check()
-        expected_model = self.router.route(depth, model).model_name  # unknown names fail here
-        if session.budget is not None:
-            session.budget.start_subcall()
-        record = self._begin(session, "rlm", depth, expected_model, _prompt_text(prompt))
+        client = self.router.route(depth, model)  # an unregistered name: the depth's backend
+        record = self._begin(session, "rlm", depth, client.model_name, _prompt_text(prompt))
         try:
+            if session.budget is not None:
+                session.budget.check()
+                check_priced([client], session.budget.limits)
+                session.budget.start_subcall()
             result = _spawn_result(
                 await session.spawn(prompt, context if has_context else None, model)
             )
