@@ -89,6 +89,7 @@ def make_rlm(sim: ProviderSimulator, observer: CallCosts, **kwargs: Any) -> RLM:
         max_iterations=3,
         observers=[observer],
         logger=RLMLogger(),  # completion.metadata holds the trajectory
+        on_limit="return",  # these tests read the partial completion a limit left
         **kwargs,
     )
 

@@ -96,11 +96,20 @@ class BatchLedger:
                 return
             if self.max_tokens is not None and self.tokens >= self.max_tokens:
                 self._tripped = TokenLimitExceededError(
-                    f"the batch's max_tokens of {self.max_tokens} reached ({self.tokens} used)"
+                    tokens_used=self.tokens,
+                    token_limit=self.max_tokens,
+                    message=(
+                        f"the batch's max_tokens of {self.max_tokens} reached ({self.tokens} used)"
+                    ),
                 )
             elif self.max_budget is not None and self.cost >= self.max_budget:
                 self._tripped = BudgetExceededError(
-                    f"the batch's max_budget of ${self.max_budget} reached (${self.cost:.6f} spent)"
+                    spent=self.cost,
+                    budget=self.max_budget,
+                    message=(
+                        f"the batch's max_budget of ${self.max_budget} reached "
+                        f"(${self.cost:.6f} spent)"
+                    ),
                 )
 
     def release(self, tokens: int, cost: float | None) -> None:
@@ -147,9 +156,9 @@ class LedgerClient:
                 return
             if state != WAIT:
                 kind, message = state
-                raise (TokenLimitExceededError if kind == "tokens" else BudgetExceededError)(
-                    message
-                )
+                if kind == "tokens":
+                    raise TokenLimitExceededError(message=message)
+                raise BudgetExceededError(message=message)
             await asyncio.sleep(POLL_SECONDS)
 
     def settle(

@@ -135,7 +135,8 @@ class TaskRunner:
             rlm = self._rlms.get(key)
             if rlm is None:
                 logger = None if self.log_dir is None else RLMLogger(self.log_dir, "task")
-                rlm = RLM(**spec, logger=logger, ledger=self.ledger)
+                # A stopped task keeps its partial answer and says which limit stopped it.
+                rlm = RLM(**{"on_limit": "return", **spec}, logger=logger, ledger=self.ledger)
                 self._rlms[key] = rlm
             return rlm
 
