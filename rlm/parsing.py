@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import re
 from dataclasses import dataclass
-from typing import Any
 
 _OPEN = re.compile(r"^\s*```\s*([A-Za-z0-9_+-]*)\s*$")
 _CLOSE = re.compile(r"^\s*```\s*$")
@@ -103,55 +102,3 @@ def strip_code(text: str) -> str:
     """The reply without its fenced blocks (used as the best answer when a run is cut short)."""
     _, prose = split_fences(text)
     return prose.strip()
-
-
-# ----------------------------------------------------------- the reference's helpers
-# `rlm.utils.parsing` of the reference exposes these; its users call them to format their own
-# transcripts. Ours keep their inputs and outputs; the root loop itself uses `rlm.prompts`.
-
-
-def format_execution_result(result: Any) -> str:
-    """A cell's output as text: stdout, stderr and the names of its public variables.
-
-    "No output" when there is nothing to show, as in the reference.
-    """
-    parts = [text for text in (result.stdout, result.stderr) if text]
-    names = [
-        name
-        for name, value in (result.locals or {}).items()
-        if not name.startswith("_") and not callable(value)
-    ]
-    if names:
-        parts.append(f"REPL variables: {names}")
-    return "\n\n".join(parts) if parts else "No output"
-
-
-def format_iteration(iteration: Any, max_character_length: int = 20_000) -> list[dict[str, str]]:
-    """The messages a turn adds to a history: the reply, then one user message with each
-    block's output (head and tail kept when longer than `max_character_length`)."""
-    from rlm.prompts import truncate
-
-    messages = [{"role": "assistant", "content": iteration.response}]
-    blocks = list(iteration.code_blocks)
-    outputs = []
-    for i, block in enumerate(blocks):
-        header = f"REPL output (block {i + 1}):" if len(blocks) > 1 else "REPL output:"
-        text = truncate(format_execution_result(block.result), max_character_length)
-        outputs.append(f"{header}\n{text}")
-    if outputs:
-        messages.append({"role": "user", "content": "\n\n".join(outputs)})
-    return messages
-
-
-def convert_context_for_repl(context: Any) -> tuple[Any, str | None]:
-    """(data, text): a str context is text; chat messages become their contents; else data."""
-    if isinstance(context, str):
-        return None, context
-    if (
-        isinstance(context, list)
-        and context
-        and isinstance(context[0], dict)
-        and "content" in context[0]
-    ):
-        return [message.get("content", "") for message in context], None
-    return context, None

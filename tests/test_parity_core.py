@@ -344,32 +344,6 @@ def test_local_runaway_cell_stops_at_max_timeout() -> None:
     assert len(ticks) == stopped_at  # and it is no longer running
 
 
-# ------------------------------------------------------------- the reference's parsing helpers
-
-
-def test_reference_parsing_helpers_format_a_turn() -> None:
-    from rlm.core.types import CodeBlock, REPLResult, RLMIteration
-    from rlm.parsing import convert_context_for_repl, format_execution_result, format_iteration
-
-    assert format_execution_result(REPLResult()) == "No output"
-    shown = format_execution_result(REPLResult(stdout="3", locals={"x": "int", "_p": "int"}))
-    assert "3" in shown and "'x'" in shown and "_p" not in shown
-    turn = RLMIteration(
-        prompt=[],
-        response="Let me look.",
-        code_blocks=[CodeBlock("print('x' * 30000)", REPLResult(stdout="x" * 30000))],
-        final_answer=None,
-        iteration_time=0.0,
-    )
-    reply, output = format_iteration(turn, max_character_length=100)
-    assert reply == {"role": "assistant", "content": "Let me look."}
-    assert output["role"] == "user" and output["content"].startswith("REPL output:")
-    assert len(output["content"]) < 300 and "omitted" in output["content"]
-    assert convert_context_for_repl("text") == (None, "text")
-    assert convert_context_for_repl([{"content": "a"}, {"content": "b"}]) == (["a", "b"], None)
-    assert convert_context_for_repl({"k": 1}) == ({"k": 1}, None)
-
-
 def test_sub_calls_refused_by_a_limit_are_recorded_with_their_error() -> None:
     code = "rs = [llm_query(f'q{i}') for i in range(5)]\nprint(rs)"
     rlm = scripted(lambda m: repl(code), sub=lambda m: "ok", max_subcalls=3, on_limit="return")
