@@ -29,7 +29,7 @@ from rlm.core.types import LMResponse, Message, REPLResult
 from rlm.environments import environment_class
 from rlm.environments.base import BaseEnv, ToolSpec
 from rlm.environments.local import LocalREPL
-from rlm.errors import ContextLoadError, ProviderError
+from rlm.errors import CancellationError, ContextLoadError, ProviderError
 from rlm.logger import RLMLogger
 from rlm.runtime.repl import to_jsonable
 
@@ -611,10 +611,11 @@ def test_keyboard_interrupt_during_completion_leaves_no_sandbox(kind: str) -> No
 
     threading.Thread(target=interrupt, daemon=True).start()
     try:
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(CancellationError) as caught:  # Ctrl-C, as the reference raises it
             rlm.completion("ctx")
     finally:
         rlm.close()
+    assert caught.value.completion.stop_reason == "cancelled"
     _no_leftovers(kind, before)
 
 
