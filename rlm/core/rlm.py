@@ -10,7 +10,6 @@ the tree's `Budget` and records its usage.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import threading
 import time
@@ -23,9 +22,17 @@ from typing import Any, Literal
 from rlm.clients import get_client
 from rlm.clients.base import BaseLM, as_client
 from rlm.core.aio import get_loop, in_loop_thread, on_loop, run_sync, spawn, to_thread
+from rlm.core.arguments import (
+    check_int,
+    limit_error,
+    normalise_tools,
+    validate_context,
+    with_sampling_args,
+)
 from rlm.core.budget import Budget, Ledger, Limits, check_priced
 from rlm.core.cache import SubcallCache
 from rlm.core.events import CallbackObserver, Events, EventStream, Observer, RunEvent, RunInfo
+from rlm.core.foreign import as_client
 from rlm.core.lm_handler import LMHandler, Session
 from rlm.core.loop import RunLoop, Tree, jsonable_messages
 from rlm.core.types import (
@@ -40,29 +47,21 @@ from rlm.core.types import (
 from rlm.environments import environment_class, get_environment
 from rlm.environments.base import BaseEnv, ToolSpec
 from rlm.errors import (
-    BudgetExceededError,
     CancellationError,
     ConfigurationError,
-    ContextLoadError,
-    ErrorThresholdExceededError,
-    LimitExceededError,
     RLMError,
     SandboxError,
-    SubcallLimitExceededError,
-    TimeoutExceededError,
-    TokenLimitExceededError,
 )
 from rlm.logger.redact import register_sensitive_values
 from rlm.prompts import (
     build_system_prompt,
     context_metadata_message,
 )
-from rlm.runtime.repl import HELPER_NAMES, to_jsonable
+from rlm.runtime.repl import to_jsonable
 from rlm.utils.rlm_utils import filter_sensitive_keys
 
 OnLimit = Literal["raise", "return"]
 
-RESERVED_NAMES = frozenset({*HELPER_NAMES, "answer", "context", "history"})
 
 # Seconds a run may take to wind down after Ctrl-C (cells stopped, environments released).
 CANCEL_GRACE = 30.0
@@ -177,7 +176,7 @@ class RLM:
             raise ConfigurationError(f"on_limit must be 'raise' or 'return', got {on_limit!r}")
         if user_prologue is not None and not isinstance(user_prologue, str):
             raise ConfigurationError("user_prologue must be a str or None")
-        backend_kwargs, other_backends, other_backend_kwargs = _with_sampling_args(
+        backend_kwargs, other_backends, other_backend_kwargs = with_sampling_args(
             backend,
             backend_kwargs,
             other_backends,
@@ -185,15 +184,15 @@ class RLM:
             sampling_args,
             sub_sampling_args,
         )
-        _check_int("depth", depth, minimum=0)
-        _check_int("max_depth", max_depth, minimum=1)
-        _check_int("max_iterations", max_iterations, minimum=1)
-        _check_int("max_concurrent_subcalls", max_concurrent_subcalls, minimum=1)
-        _check_int("max_output_chars", max_output_chars, minimum=100)
+        check_int("depth", depth, minimum=0)
+        check_int("max_depth", max_depth, minimum=1)
+        check_int("max_iterations", max_iterations, minimum=1)
+        check_int("max_concurrent_subcalls", max_concurrent_subcalls, minimum=1)
+        check_int("max_output_chars", max_output_chars, minimum=100)
         if max_errors is not None:
-            _check_int("max_errors", max_errors, minimum=1)
+            check_int("max_errors", max_errors, minimum=1)
         if context_window is not None:
-            _check_int("context_window", context_window, minimum=256)
+            check_int("context_window", context_window, minimum=256)
         if (
             isinstance(compaction_threshold_pct, bool)
             or not isinstance(compaction_threshold_pct, (int, float))
@@ -240,11 +239,11 @@ class RLM:
         self.compaction_threshold_pct = compaction_threshold_pct
         self.context_window = context_window
 
-        self.tools, self.tool_specs = _normalise_tools(custom_tools)
+        self.tools, self.tool_specs = normalise_tools(custom_tools)
         if custom_sub_tools is None:
             self.sub_tools, self.sub_tool_specs = self.tools, self.tool_specs
         else:
-            self.sub_tools, self.sub_tool_specs = _normalise_tools(custom_sub_tools)
+            self.sub_tools, self.sub_tool_specs = normalise_tools(custom_sub_tools)
 
         others = list(other_backends or [])
         other_kwargs = list(other_backend_kwargs or [{} for _ in others])
@@ -645,161 +644,8 @@ class RLM:
 # --------------------------------------------------------------------- helpers
 
 
-MAX_CONTEXT_DEPTH = 500  # the nesting every environment's loader accepts
-
-
-def validate_context(value: Any) -> None:
-    """A context must be JSON data (str, numbers, lists, dicts): every environment can load it.
-
-    Walks the value instead of serialising it, so a 100 MB string costs nothing to check. A
-    container that holds itself (`a = []; a.append(a)`) or nesting deeper than
-    `MAX_CONTEXT_DEPTH` is refused at once: neither can be sent to an environment.
-    """
-    # Depth-first with explicit exits, so `path` holds the containers above the current item:
-    # meeting one of them again is a cycle; meeting a shared container elsewhere is fine.
-    path: set[int] = set()
-    stack: list[tuple[Any, int, bool]] = [(value, 0, False)]
-    while stack:
-        item, level, leaving = stack.pop()
-        if leaving:
-            path.discard(id(item))
-            continue
-        if item is None or isinstance(item, (str, bool, int)):
-            continue
-        if isinstance(item, float):
-            if item != item or item in (float("inf"), float("-inf")):
-                raise ContextLoadError("the prompt cannot be loaded as `context`: NaN/Infinity")
-            continue
-        if isinstance(item, (list, tuple, dict)):
-            if id(item) in path:
-                raise ContextLoadError(
-                    "the prompt cannot be loaded as `context`: it contains itself (a cycle)"
-                )
-            if level >= MAX_CONTEXT_DEPTH:
-                raise ContextLoadError(
-                    "the prompt cannot be loaded as `context`: nested more than "
-                    f"{MAX_CONTEXT_DEPTH} levels deep"
-                )
-            if isinstance(item, dict):
-                if not all(isinstance(k, str) for k in item):
-                    raise ContextLoadError(
-                        "the prompt cannot be loaded as `context`: dict keys must be str"
-                    )
-                children: Any = item.values()
-            else:
-                children = item
-            path.add(id(item))
-            stack.append((item, level, True))
-            stack.extend((child, level + 1, False) for child in children)
-            continue
-        raise ContextLoadError(
-            "the prompt cannot be loaded as `context`: it must be a str, a list of str, a dict, "
-            f"a list of chat messages or other JSON data, not {type(item).__name__}"
-        )
-
-
-def limit_error(
-    completion: RLMChatCompletion, budget: Budget, max_errors: int | None
-) -> LimitExceededError | None:
-    """The exception a run stopped by a limit raises, carrying its completion; else None."""
-    partial = completion.response or None
-    limits = budget.limits
-    reason = completion.stop_reason
-    if reason == "max_timeout":
-        return TimeoutExceededError(
-            elapsed=time.monotonic() - budget.started,
-            timeout=limits.max_timeout or 0.0,
-            partial_answer=partial,
-            completion=completion,
-        )
-    if reason == "max_tokens":
-        return TokenLimitExceededError(
-            tokens_used=budget.tokens,
-            token_limit=limits.max_tokens or 0,
-            partial_answer=partial,
-            completion=completion,
-        )
-    if reason == "max_budget":
-        return BudgetExceededError(
-            spent=budget.cost,
-            budget=limits.max_budget or 0.0,
-            partial_answer=partial,
-            completion=completion,
-        )
-    if reason == "max_subcalls":
-        return SubcallLimitExceededError(
-            subcalls=budget.subcalls,
-            limit=limits.max_subcalls or 0,
-            partial_answer=partial,
-            completion=completion,
-        )
-    if reason == "max_errors":
-        return ErrorThresholdExceededError(
-            error_count=max_errors or 0,
-            threshold=max_errors or 0,
-            last_error=completion.error,
-            partial_answer=partial,
-            completion=completion,
-        )
-    return None
-
-
-def _with_sampling_args(
-    backend: str,
-    backend_kwargs: Mapping[str, Any] | None,
-    other_backends: Sequence[str] | None,
-    other_backend_kwargs: Sequence[Mapping[str, Any]] | None,
-    sampling_args: Mapping[str, Any] | None,
-    sub_sampling_args: Mapping[str, Any] | None,
-) -> tuple[dict[str, Any], list[str], list[dict[str, Any]]]:
-    """Fold `sampling_args` / `sub_sampling_args` into the clients' kwargs (new dicts).
-
-    `sub_sampling_args` without `other_backends` mirrors the root backend for sub-calls, so
-    depth-1 calls get their own sampling while going to the same model.
-    """
-    root = dict(backend_kwargs or {})
-    others = list(other_backends or [])
-    other_kwargs = [dict(kw or {}) for kw in (other_backend_kwargs or [{} for _ in others])]
-    if sampling_args is not None:
-        root["sampling_args"] = {**(root.get("sampling_args") or {}), **sampling_args}
-    if sub_sampling_args is not None:
-        if not others:
-            others, other_kwargs = [backend], [dict(root)]
-        first = other_kwargs[0] if other_kwargs else {}
-        first["sampling_args"] = {**(first.get("sampling_args") or {}), **sub_sampling_args}
-        other_kwargs[:1] = [first]
-    return root, others, other_kwargs
-
-
-def _check_int(name: str, value: Any, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigurationError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
-def _normalise_tools(
-    tools: Mapping[str, Any] | None,
-) -> tuple[dict[str, Callable[..., Any]], dict[str, ToolSpec]]:
-    """Split custom tools into host-side callables and the specs environments see."""
-    callables: dict[str, Callable[..., Any]] = {}
-    specs: dict[str, ToolSpec] = {}
-    for name, entry in (tools or {}).items():
-        if not isinstance(name, str) or not name.isidentifier():
-            raise ConfigurationError(f"custom tool name {name!r} is not a Python identifier")
-        if name in RESERVED_NAMES or name.startswith(("context_", "history_")):
-            raise ConfigurationError(f"custom tool name {name!r} is reserved by the REPL")
-        description = ""
-        if isinstance(entry, Mapping) and "tool" in entry:
-            description = str(entry.get("description", ""))
-            entry = entry["tool"]
-        if callable(entry):
-            callables[name] = entry
-            specs[name] = ToolSpec(name, description or (entry.__doc__ or "").strip(), True)
-        else:
-            try:
-                json.dumps(entry, allow_nan=False)
-            except (TypeError, ValueError) as exc:
-                raise ConfigurationError(
-                    f"custom tool {name!r} is neither callable nor JSON data ({exc})"
-                ) from exc
-            specs[name] = ToolSpec(name, description, False, entry)
-    return callables, specs
+def _client(backend: str, kwargs: Mapping[str, Any] | None) -> BaseLM:
+    """A client made by `get_client` (looked up at call time, so a patch of it applies)."""
+    kwargs = kwargs or {}
+    name = kwargs.get("model_name")
+    return as_client(get_client(backend, kwargs), name if isinstance(name, str) else None)

@@ -1,0 +1,188 @@
+"""What `RLM(...)` accepts: checks of its arguments and of a context, and the error a limit
+raises out of `completion()`.
+
+Kept apart from `rlm.core.rlm` so the class reads as the run it drives.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from rlm.core.budget import Budget
+from rlm.core.types import RLMChatCompletion
+from rlm.environments.base import ToolSpec
+from rlm.errors import (
+    BudgetExceededError,
+    ConfigurationError,
+    ContextLoadError,
+    ErrorThresholdExceededError,
+    LimitExceededError,
+    SubcallLimitExceededError,
+    TimeoutExceededError,
+    TokenLimitExceededError,
+)
+from rlm.runtime.repl import HELPER_NAMES
+
+RESERVED_NAMES = frozenset({*HELPER_NAMES, "answer", "context", "history"})
+
+MAX_CONTEXT_DEPTH = 500  # the nesting every environment's loader accepts
+
+
+def validate_context(value: Any) -> None:
+    """A context must be JSON data (str, numbers, lists, dicts): every environment can load it.
+
+    Walks the value instead of serialising it, so a 100 MB string costs nothing to check. A
+    container that holds itself (`a = []; a.append(a)`) or nesting deeper than
+    `MAX_CONTEXT_DEPTH` is refused at once: neither can be sent to an environment.
+    """
+    # Depth-first with explicit exits, so `path` holds the containers above the current item:
+    # meeting one of them again is a cycle; meeting a shared container elsewhere is fine.
+    path: set[int] = set()
+    stack: list[tuple[Any, int, bool]] = [(value, 0, False)]
+    while stack:
+        item, level, leaving = stack.pop()
+        if leaving:
+            path.discard(id(item))
+            continue
+        if item is None or isinstance(item, (str, bool, int)):
+            continue
+        if isinstance(item, float):
+            if item != item or item in (float("inf"), float("-inf")):
+                raise ContextLoadError("the prompt cannot be loaded as `context`: NaN/Infinity")
+            continue
+        if isinstance(item, (list, tuple, dict)):
+            if id(item) in path:
+                raise ContextLoadError(
+                    "the prompt cannot be loaded as `context`: it contains itself (a cycle)"
+                )
+            if level >= MAX_CONTEXT_DEPTH:
+                raise ContextLoadError(
+                    "the prompt cannot be loaded as `context`: nested more than "
+                    f"{MAX_CONTEXT_DEPTH} levels deep"
+                )
+            if isinstance(item, dict):
+                if not all(isinstance(k, str) for k in item):
+                    raise ContextLoadError(
+                        "the prompt cannot be loaded as `context`: dict keys must be str"
+                    )
+                children: Any = item.values()
+            else:
+                children = item
+            path.add(id(item))
+            stack.append((item, level, True))
+            stack.extend((child, level + 1, False) for child in children)
+            continue
+        raise ContextLoadError(
+            "the prompt cannot be loaded as `context`: it must be a str, a list of str, a dict, "
+            f"a list of chat messages or other JSON data, not {type(item).__name__}"
+        )
+
+
+def limit_error(
+    completion: RLMChatCompletion, budget: Budget, max_errors: int | None
+) -> LimitExceededError | None:
+    """The exception a run stopped by a limit raises, carrying its completion; else None."""
+    partial = completion.response or None
+    limits = budget.limits
+    reason = completion.stop_reason
+    if reason == "max_timeout":
+        return TimeoutExceededError(
+            elapsed=time.monotonic() - budget.started,
+            timeout=limits.max_timeout or 0.0,
+            partial_answer=partial,
+            completion=completion,
+        )
+    if reason == "max_tokens":
+        return TokenLimitExceededError(
+            tokens_used=budget.tokens,
+            token_limit=limits.max_tokens or 0,
+            partial_answer=partial,
+            completion=completion,
+        )
+    if reason == "max_budget":
+        return BudgetExceededError(
+            spent=budget.cost,
+            budget=limits.max_budget or 0.0,
+            partial_answer=partial,
+            completion=completion,
+        )
+    if reason == "max_subcalls":
+        return SubcallLimitExceededError(
+            subcalls=budget.subcalls,
+            limit=limits.max_subcalls or 0,
+            partial_answer=partial,
+            completion=completion,
+        )
+    if reason == "max_errors":
+        return ErrorThresholdExceededError(
+            error_count=max_errors or 0,
+            threshold=max_errors or 0,
+            last_error=completion.error,
+            partial_answer=partial,
+            completion=completion,
+        )
+    return None
+
+
+def with_sampling_args(
+    backend: str,
+    backend_kwargs: Mapping[str, Any] | None,
+    other_backends: Sequence[str] | None,
+    other_backend_kwargs: Sequence[Mapping[str, Any]] | None,
+    sampling_args: Mapping[str, Any] | None,
+    sub_sampling_args: Mapping[str, Any] | None,
+) -> tuple[dict[str, Any], list[str], list[dict[str, Any]]]:
+    """Fold `sampling_args` / `sub_sampling_args` into the clients' kwargs (new dicts).
+
+    `sub_sampling_args` without `other_backends` mirrors the root backend for sub-calls, so
+    depth-1 calls get their own sampling while going to the same model.
+    """
+    root = dict(backend_kwargs or {})
+    others = list(other_backends or [])
+    other_kwargs = [dict(kw or {}) for kw in (other_backend_kwargs or [{} for _ in others])]
+    if sampling_args is not None:
+        root["sampling_args"] = {**(root.get("sampling_args") or {}), **sampling_args}
+    if sub_sampling_args is not None:
+        if not others:
+            others, other_kwargs = [backend], [dict(root)]
+        first = other_kwargs[0] if other_kwargs else {}
+        first["sampling_args"] = {**(first.get("sampling_args") or {}), **sub_sampling_args}
+        other_kwargs[:1] = [first]
+    return root, others, other_kwargs
+
+
+def check_int(name: str, value: Any, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigurationError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def normalise_tools(
+    tools: Mapping[str, Any] | None,
+) -> tuple[dict[str, Callable[..., Any]], dict[str, ToolSpec]]:
+    """Split custom tools into host-side callables and the specs environments see."""
+    callables: dict[str, Callable[..., Any]] = {}
+    specs: dict[str, ToolSpec] = {}
+    for name, entry in (tools or {}).items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ConfigurationError(f"custom tool name {name!r} is not a Python identifier")
+        if name in RESERVED_NAMES or name.startswith(("context_", "history_")):
+            raise ConfigurationError(f"custom tool name {name!r} is reserved by the REPL")
+        description = ""
+        if isinstance(entry, Mapping) and "tool" in entry:
+            description = str(entry.get("description", ""))
+            entry = entry["tool"]
+        if callable(entry):
+            callables[name] = entry
+            specs[name] = ToolSpec(name, description or (entry.__doc__ or "").strip(), True)
+        else:
+            try:
+                json.dumps(entry, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise ConfigurationError(
+                    f"custom tool {name!r} is neither callable nor JSON data ({exc})"
+                ) from exc
+            specs[name] = ToolSpec(name, description, False, entry)
+    return callables, specs
