@@ -377,3 +377,16 @@ def test_a_patched_get_client_may_return_a_reference_style_mock() -> None:
     assert sent[0]["role"] == "system"  # the reference's clients get the message list
     usage = out.usage_summary.model_usage_summaries["test-model"]
     assert (usage.total_calls, usage.total_input_tokens, usage.total_output_tokens) == (2, 200, 100)
+
+
+def test_persistent_env_is_kept_across_calls_and_released_on_close() -> None:
+    replies = [repl("kept = 84"), final("one"), repl("print(kept + 10)"), final("two")]
+    with scripted(replies, persistent=True) as rlm:
+        assert rlm._persistent_env is None
+        rlm.completion("first")
+        env = rlm._persistent_env
+        assert env is not None
+        out = rlm.completion("second")
+        assert rlm._persistent_env is env
+    assert rlm._persistent_env is None
+    assert out.metadata["iterations"][0]["code_blocks"][0]["result"]["stdout"].strip() == "94"  # type: ignore[index]

@@ -361,6 +361,12 @@ class RLM:
         completion = await asyncio.wrap_future(task)
         yield RunEvent("completion", None, completion)
 
+    @property
+    def _persistent_env(self) -> BaseEnv | None:
+        """The environment kept across calls when persistent=True (None before the first call
+        and after `close()`): the name the reference's users reach for in their tests."""
+        return self._persistent.env if self._persistent is not None else None
+
     def close(self) -> None:
         """Release the persistent environment, the handler and the clients' connections."""
         if self._closed:
