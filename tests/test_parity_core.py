@@ -19,7 +19,8 @@ import rlm.core.rlm as rlm_module
 from rlm import RLM
 from rlm.clients import get_client
 from rlm.clients.scripted import ScriptedLM
-from rlm.core.types import Message
+from rlm.core.events import Observer, RunInfo
+from rlm.core.types import Message, RLMIteration, SubcallRecord
 from rlm.errors import (
     BudgetExceededError,
     CancellationError,
@@ -42,7 +43,26 @@ def final(text: str) -> str:
     return repl(f"answer['content'] = {text!r}\nanswer['ready'] = True")
 
 
-def scripted(root: Any, sub: Any = None, **kwargs: Any) -> RLM:
+class Seen(Observer):
+    """What the top-level run did, read from the events (not from the trajectory's shape)."""
+
+    def __init__(self) -> None:
+        self.subcalls: list[SubcallRecord] = []
+        self.turns: list[RLMIteration] = []
+
+    def on_subcall(self, run: RunInfo, record: SubcallRecord) -> None:
+        if run.depth == 0:
+            self.subcalls.append(record)
+
+    def on_iteration(self, run: RunInfo, iteration: int, record: RLMIteration) -> None:
+        if run.depth == 0:
+            self.turns.append(record)
+
+    def stdout(self, turn: int = 0, block: int = 0) -> str:
+        return self.turns[turn].code_blocks[block].result.stdout
+
+
+def scripted(root: Any, sub: Any = None, seen: Seen | None = None, **kwargs: Any) -> RLM:
     other: dict[str, Any] = {}
     if sub is not None:
         other = {
@@ -52,18 +72,10 @@ def scripted(root: Any, sub: Any = None, **kwargs: Any) -> RLM:
     return RLM(
         backend="scripted",
         backend_kwargs={"model_name": "root", "responses": root},
+        observers=[seen] if seen is not None else [],
         **other,
         **kwargs,
     )
-
-
-def records(completion: Any) -> list[dict[str, Any]]:
-    """Every sub-call record in a completion's trajectory."""
-    found = []
-    for iteration in completion.metadata["iterations"]:
-        for block in iteration["code_blocks"]:
-            found.extend(block["result"]["rlm_calls"])
-    return found
 
 
 # ------------------------------------------------------------- point 4: limits raise
@@ -152,14 +164,15 @@ def test_ctrl_c_raises_cancellation_error_with_the_completion_so_far() -> None:
         signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
     timer = threading.Timer(0.8, ctrl_c)
-    with scripted(root) as rlm:
+    seen = Seen()
+    with scripted(root, seen=seen) as rlm:
         timer.start()
         try:
             rlm.completion("ctx")
         except CancellationError as e:
             assert e.partial_answer == "It might be 41."
             assert e.completion.stop_reason == "cancelled"
-            assert len(e.completion.metadata["iterations"]) == 1  # the finished turn
+            assert len(seen.turns) == 1  # the finished turn
         else:
             pytest.fail("CancellationError was not raised")
         finally:
@@ -182,29 +195,31 @@ def test_rlm_query_with_an_unregistered_model_starts_a_child_on_that_model() -> 
             return repl(code) if len(messages) == 2 else final(messages[-1]["content"])
         return final("child says hi")  # a child's first (and only) turn
 
-    with scripted(root, max_depth=2) as rlm:
+    seen = Seen()
+    with scripted(root, seen=seen, max_depth=2) as rlm:
         out = rlm.completion("ctx")
     assert "3" in out.response
-    children = [r for r in records(out) if r["kind"] == "rlm"]
+    children = [r for r in seen.subcalls if r.kind == "rlm"]
     assert len(children) == 3
-    assert all(r["model"] == "child-model" and r["error"] is None for r in children)
+    assert all(r.model == "child-model" and r.error is None for r in children)
     assert out.usage_summary.model_usage_summaries["child-model"].total_calls == 3
 
 
 def test_llm_query_with_an_unregistered_model_records_that_model() -> None:
-    seen: list[str] = []
+    prompts: list[str] = []
 
     def sub(messages: list[Message]) -> str:
-        seen.append(str(messages[-1]["content"]))
+        prompts.append(str(messages[-1]["content"]))
         return "sub answer"
 
     code = "print(llm_query('hello', model='gpt-x'))"
     replies = [repl(code), final("done")]
-    with scripted(replies, sub=sub) as rlm:
+    seen = Seen()
+    with scripted(replies, sub=sub, seen=seen) as rlm:
         out = rlm.completion("ctx")
-    (record,) = records(out)
-    assert record["model"] == "gpt-x" and record["response"] == "sub answer"
-    assert seen == ["hello"]  # served by the depth-1 backend
+    (record,) = seen.subcalls
+    assert record.model == "gpt-x" and record.response == "sub answer"
+    assert prompts == ["hello"]  # served by the depth-1 backend
     assert set(out.usage_summary.model_usage_summaries) == {"root", "gpt-x"}
 
 
@@ -212,12 +227,12 @@ def test_failed_sub_calls_still_appear_in_the_trajectory() -> None:
     code = "print(llm_query('a'))\nprint(rlm_query('b'))"
     replies = [repl(code), final("done")]
     failing = [RuntimeError("provider down"), RuntimeError("provider down again")]
-    with scripted(replies, sub=failing, max_depth=2) as rlm:
-        out = rlm.completion("ctx")
-    failed = records(out)
-    assert [r["kind"] for r in failed] == ["llm", "rlm"]
-    assert all(r["error"] for r in failed)
-    stdout = out.metadata["iterations"][0]["code_blocks"][0]["result"]["stdout"]  # type: ignore[index]
+    seen = Seen()
+    with scripted(replies, sub=failing, seen=seen, max_depth=2) as rlm:
+        rlm.completion("ctx")
+    assert [r.kind for r in seen.subcalls] == ["llm", "rlm"]
+    assert all(r.error for r in seen.subcalls)
+    stdout = seen.stdout()
     assert [line.split(":")[0] for line in stdout.splitlines()] == ["Error", "Error"]
 
 
@@ -226,10 +241,11 @@ def test_failed_sub_calls_still_appear_in_the_trajectory() -> None:
 
 def test_setup_code_runs_before_the_first_turn() -> None:
     replies = [repl("print(helper(2))"), final("ok")]
-    rlm = scripted(replies, environment_kwargs={"setup_code": "def helper(x):\n    return x * 21"})
-    with rlm:
-        out = rlm.completion("ctx")
-    assert out.metadata["iterations"][0]["code_blocks"][0]["result"]["stdout"].strip() == "42"  # type: ignore[index]
+    seen = Seen()
+    setup = {"setup_code": "def helper(x):\n    return x * 21"}
+    with scripted(replies, seen=seen, environment_kwargs=setup) as rlm:
+        rlm.completion("ctx")
+    assert seen.stdout().strip() == "42"
     broken = scripted(["x"], environment_kwargs={"setup_code": "1 / 0"})
     with broken, pytest.raises(SandboxError, match="ZeroDivisionError"):
         broken.completion("ctx")
@@ -240,9 +256,12 @@ def test_compaction_takes_a_low_threshold_and_history_exists_from_turn_one() -> 
         repl("print(type(history).__name__, len(history), history[0]['role'])"),
         final("done"),
     ]
-    with scripted(replies + ["summary"] * 3, compaction=True, compaction_threshold_pct=0.02) as rlm:
+    seen = Seen()
+    with scripted(
+        replies + ["summary"] * 3, seen=seen, compaction=True, compaction_threshold_pct=0.02
+    ) as rlm:
         out = rlm.completion("ctx")
-    first = out.metadata["iterations"][0]["code_blocks"][0]["result"]["stdout"]  # type: ignore[index]
+    first = seen.stdout()
     assert first.startswith("list ") and first.strip().endswith("system")
     assert out.response == "done"
 
@@ -346,13 +365,16 @@ def test_local_runaway_cell_stops_at_max_timeout() -> None:
 
 def test_sub_calls_refused_by_a_limit_are_recorded_with_their_error() -> None:
     code = "rs = [llm_query(f'q{i}') for i in range(5)]\nprint(rs)"
-    rlm = scripted(lambda m: repl(code), sub=lambda m: "ok", max_subcalls=3, on_limit="return")
+    seen = Seen()
+    rlm = scripted(
+        lambda m: repl(code), sub=lambda m: "ok", seen=seen, max_subcalls=3, on_limit="return"
+    )
     with rlm:
-        out = rlm.completion("ctx")
-    calls = records(out)
+        rlm.completion("ctx")
+    calls = seen.subcalls
     assert len(calls) == 5
-    assert [bool(c["error"]) for c in calls] == [False, False, False, True, True]
-    assert "SubcallLimitExceededError" in calls[-1]["error"]
+    assert [bool(c.error) for c in calls] == [False, False, False, True, True]
+    assert "SubcallLimitExceededError" in (calls[-1].error or "")
 
 
 def test_a_patched_get_client_may_return_a_reference_style_mock() -> None:
@@ -381,12 +403,13 @@ def test_a_patched_get_client_may_return_a_reference_style_mock() -> None:
 
 def test_persistent_env_is_kept_across_calls_and_released_on_close() -> None:
     replies = [repl("kept = 84"), final("one"), repl("print(kept + 10)"), final("two")]
-    with scripted(replies, persistent=True) as rlm:
+    seen = Seen()
+    with scripted(replies, seen=seen, persistent=True) as rlm:
         assert rlm._persistent_env is None
         rlm.completion("first")
         env = rlm._persistent_env
         assert env is not None
-        out = rlm.completion("second")
+        rlm.completion("second")
         assert rlm._persistent_env is env
     assert rlm._persistent_env is None
-    assert out.metadata["iterations"][0]["code_blocks"][0]["result"]["stdout"].strip() == "94"  # type: ignore[index]
+    assert seen.stdout(turn=2).strip() == "94"
