@@ -60,6 +60,8 @@ from rlm.prompts import (
 from rlm.runtime.repl import to_jsonable
 from rlm.utils.rlm_utils import filter_sensitive_keys
 
+_normalise_tools = normalise_tools  # the name rlm.environments._reference imports
+
 OnLimit = Literal["raise", "return"]
 
 
@@ -210,6 +212,7 @@ class RLM:
             allow_unpriced_models=allow_unpriced_models,
         )
         self.backend = backend
+        self.backend_kwargs = dict(backend_kwargs)  # as given (sampling_args merged), as there
         self._logged_backend_kwargs = filter_sensitive_keys(
             backend_kwargs or {}
         )  # for run_metadata
