@@ -413,3 +413,15 @@ def test_persistent_env_is_kept_across_calls_and_released_on_close() -> None:
         assert rlm._persistent_env is env
     assert rlm._persistent_env is None
     assert seen.stdout(turn=2).strip() == "94"
+
+
+def test_a_persistent_session_does_not_end_on_the_previous_answer() -> None:
+    replies = [
+        final("first answer"),
+        repl("note = 'looking at the second context'"),
+        final("second answer"),
+    ]
+    with scripted(replies, persistent=True) as rlm:
+        assert rlm.completion("one").response == "first answer"
+        second = rlm.completion("two")
+    assert second.response == "second answer" and second.iterations == 2

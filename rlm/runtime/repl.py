@@ -265,7 +265,12 @@ class Repl:
         self._reserved[name] = tool
 
     def load_context(self, value: Any, index: int = 0) -> None:
-        """Bind `context_{index}` (and `context` when index is 0)."""
+        """Bind `context_{index}` (and `context` when index is 0).
+
+        A new context starts a new task: `answer` is reset, so a persistent session's next
+        completion does not end on the previous one's answer.
+        """
+        self.namespace["answer"] = {"content": "", "ready": False}
         self._reserved[f"context_{index}"] = value
         self.namespace[f"context_{index}"] = value
         if index == 0:
