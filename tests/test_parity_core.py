@@ -377,30 +377,6 @@ def test_sub_calls_refused_by_a_limit_are_recorded_with_their_error() -> None:
     assert "SubcallLimitExceededError" in (calls[-1].error or "")
 
 
-def test_a_patched_get_client_may_return_a_reference_style_mock() -> None:
-    from unittest.mock import Mock
-
-    from rlm.core.types import ModelUsageSummary, UsageSummary
-
-    mock = Mock()
-    mock.completion.side_effect = [repl("x = 6 * 7\nprint(x)"), final("42")]
-    mock.get_last_usage.return_value = UsageSummary(
-        model_usage_summaries={
-            "m": ModelUsageSummary(total_calls=1, total_input_tokens=100, total_output_tokens=50)
-        }
-    )
-    with patch.object(rlm_module, "get_client", return_value=mock):
-        rlm = RLM(backend="openai", backend_kwargs={"model_name": "test-model"})
-    with rlm:
-        out = rlm.completion("What is the answer?")
-    assert out.response == "42" and out.root_model == "test-model"
-    assert mock.completion.call_count == 2
-    sent = mock.completion.call_args_list[0].args[0]
-    assert sent[0]["role"] == "system"  # the reference's clients get the message list
-    usage = out.usage_summary.model_usage_summaries["test-model"]
-    assert (usage.total_calls, usage.total_input_tokens, usage.total_output_tokens) == (2, 200, 100)
-
-
 def test_persistent_env_is_kept_across_calls_and_released_on_close() -> None:
     replies = [repl("kept = 84"), final("one"), repl("print(kept + 10)"), final("two")]
     seen = Seen()

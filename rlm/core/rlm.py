@@ -32,7 +32,6 @@ from rlm.core.arguments import (
 from rlm.core.budget import Budget, Ledger, Limits, check_priced
 from rlm.core.cache import SubcallCache
 from rlm.core.events import CallbackObserver, Events, EventStream, Observer, RunEvent, RunInfo
-from rlm.core.foreign import as_client
 from rlm.core.lm_handler import LMHandler, Session
 from rlm.core.loop import RunLoop, Tree, jsonable_messages
 from rlm.core.types import (
@@ -648,13 +647,3 @@ class RLM:
             "persistent": self.persistent,
             "other_models": [c.model_name for c in self.other_clients],
         }
-
-
-# --------------------------------------------------------------------- helpers
-
-
-def _client(backend: str, kwargs: Mapping[str, Any] | None) -> BaseLM:
-    """A client made by `get_client` (looked up at call time, so a patch of it applies)."""
-    kwargs = kwargs or {}
-    name = kwargs.get("model_name")
-    return as_client(get_client(backend, kwargs), name if isinstance(name, str) else None)
