@@ -434,13 +434,17 @@ class RLM:
         persistent: bool = False,
     ) -> RLMChatCompletion:
         client = self.handler.router.route(depth, model)
+        root_model = client.model_name
+        configured = self.backend_kwargs.get("model_name")
+        if client is self.root_client and isinstance(configured, str) and configured:
+            root_model = configured  # the name the user gave, as the reference reports it
         run_id = uuid.uuid4().hex[:16]
         metadata = QueryMetadata.of(context)
         info = RunInfo(
             run_id=run_id,
             parent_id=parent_id,
             depth=depth,
-            root_model=client.model_name,
+            root_model=root_model,
             environment=self.environment,
             root_prompt=root_prompt,
             context_type=metadata.context_type,
@@ -494,7 +498,7 @@ class RLM:
                 self.handler.close_session(session)
                 await to_thread(env.cleanup)
         completion = RLMChatCompletion(
-            root_model=client.model_name,
+            root_model=root_model,
             prompt=context,
             response=loop.answer_text if loop.answer_text is not None else loop.best,
             usage_summary=ledger.summary(),
