@@ -401,3 +401,44 @@ def test_a_persistent_session_does_not_end_on_the_previous_answer() -> None:
         assert rlm.completion("one").response == "first answer"
         second = rlm.completion("two")
     assert second.response == "second answer" and second.iterations == 2
+
+
+# ------------------------------------------------------------- the reference's private entry points
+
+
+def test_subcall_runs_a_child_or_a_leaf_call_as_the_reference_does() -> None:
+    def model(messages: list[Message]) -> str:
+        if messages[0]["role"] != "system":
+            return "leaf says hi"  # a plain LM call
+        return final("child says hi")
+
+    with scripted(model, max_depth=3) as parent:
+        child = parent._subcall("a sub-task", model="child-model")
+        assert (child.response, child.root_model) == ("child says hi", "child-model")
+        assert parent.backend_kwargs["model_name"] == "root"  # the parent's kwargs unchanged
+        parent._completion_start_time = time.perf_counter() - 10
+        parent.limits = type(parent.limits)(max_timeout=5)
+        assert parent._subcall("late").response.startswith("Error: Timeout exhausted")
+    with scripted(model, depth=1, max_depth=2) as leaf_parent:
+        leaf = leaf_parent._subcall("a question")
+        assert leaf.response == "leaf says hi" and leaf.metadata is None
+
+
+def test_reference_limit_checks_raise_with_their_attributes() -> None:
+    from rlm.core.types import CodeBlock, REPLResult, UsageSummary
+
+    with scripted(["x"], max_timeout=10.0, max_errors=2, max_tokens=100) as rlm:
+        with pytest.raises(TimeoutExceededError) as late:
+            rlm._check_timeout(0, time.perf_counter() - 15.0)
+        assert late.value.elapsed > 10.0 and late.value.timeout == 10.0
+        rlm._check_timeout(0, time.perf_counter() - 1.0)
+
+        class Handler:
+            def get_usage_summary(self) -> UsageSummary:
+                return UsageSummary()
+
+        bad = RLMIteration([], "code", [CodeBlock("x", REPLResult(stderr="SyntaxError"))], None, 0)
+        rlm._check_iteration_limits(bad, 0, Handler())
+        with pytest.raises(ErrorThresholdExceededError) as errors:
+            rlm._check_iteration_limits(bad, 1, Handler())
+        assert (errors.value.error_count, errors.value.threshold) == (2, 2)

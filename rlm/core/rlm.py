@@ -34,6 +34,7 @@ from rlm.core.cache import SubcallCache
 from rlm.core.events import CallbackObserver, Events, EventStream, Observer, RunEvent, RunInfo
 from rlm.core.lm_handler import LMHandler, Session
 from rlm.core.loop import RunLoop, Tree, jsonable_messages
+from rlm.core.reference_internals import ReferenceInternals
 from rlm.core.types import (
     Message,
     QueryMetadata,
@@ -79,7 +80,7 @@ class _Persistent:
     contexts: int = 0
 
 
-class RLM:
+class RLM(ReferenceInternals):
     """A recursive language model. Argument names follow the reference implementation.
 
     Args:
@@ -254,6 +255,11 @@ class RLM:
                 "other_backend_kwargs must have one entry per other_backends entry "
                 f"({len(others)} backends, {len(other_kwargs)} kwargs)"
             )
+        # The reference's attributes, read by `_subcall` (rlm.core.reference_internals).
+        self.other_backends, self.other_backend_kwargs = others, [dict(k) for k in other_kwargs]
+        self.custom_sub_tools = custom_sub_tools if custom_sub_tools is not None else custom_tools
+        self.logger = logger
+        self.on_subcall_start, self.on_subcall_complete = on_subcall_start, on_subcall_complete
         # Keys given in code have no shape a log scrubber could recognise: register them.
         for kwargs in (backend_kwargs, *other_kwargs, *(depth_backends or {}).values()):
             register_sensitive_values(kwargs)
