@@ -105,7 +105,7 @@ class ReferenceInternals:
         `model` replaces the child's `model_name`. Failures come back as an "Error: ..."
         response, as in the reference; the caller's kwargs are never changed.
         """
-        module = sys.modules["rlm.core.rlm"]  # its RLM / get_client: the names users patch
+        names = _defining_namespace(self)  # its RLM / get_client: the names users patch
         next_depth = self.depth + 1
         kwargs = dict(self.backend_kwargs)
         if model is not None:
@@ -128,7 +128,7 @@ class ReferenceInternals:
             else:
                 backend, leaf_kwargs = self.backend, kwargs
             try:
-                client = module.get_client(backend, leaf_kwargs)
+                client = names["get_client"](backend, leaf_kwargs)
                 reply = client.completion(prompt)
             except Exception as exc:
                 return failed(f"LM query failed at max depth - {exc}")
@@ -153,7 +153,7 @@ class ReferenceInternals:
         error: str | None = None
         from rlm.logger import RLMLogger
 
-        child = module.RLM(
+        child = names["RLM"](
             backend=self.backend,
             backend_kwargs=kwargs,
             environment=self.environment,
@@ -186,6 +186,16 @@ class ReferenceInternals:
             child.close()
             duration = time.perf_counter() - started
             _notify(self.on_subcall_complete, next_depth, name, duration, error)
+
+
+def _defining_namespace(rlm: object) -> dict[str, Any]:
+    """The globals of the module that defines `RLM` (even after a reload made a new one)."""
+    for klass in type(rlm).__mro__:
+        init = klass.__dict__.get("__init__")
+        if klass.__name__ == "RLM" and init is not None:
+            namespace: dict[str, Any] = init.__globals__
+            return namespace
+    return vars(sys.modules["rlm.core.rlm"])
 
 
 def _with_setup(kwargs: Mapping[str, Any], setup_code: str | None) -> dict[str, Any]:
