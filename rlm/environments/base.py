@@ -68,7 +68,7 @@ class BaseEnv(ABC):
         # Monotonic time at which the run's `max_timeout` runs out (set by the RLM per run).
         self.run_deadline: float | None = None
 
-    def cell_timeout(self) -> float | None:
+    def timeout_for_next_cell(self) -> float | None:
         """Seconds the next cell may run: its own `timeout` or what the run has left, if less.
 
         Every environment applies it, so a runaway cell stops at `max_timeout` everywhere.

@@ -437,7 +437,7 @@ class IPythonREPL(BaseEnv):
         from rlm.runtime.repl import CellTimeout
 
         repl = self._repl
-        repl.timeout = self.timeout
+        repl.timeout = self.timeout_for_next_cell()  # capped by what the run has left
         started = time.perf_counter()
         with capture(repl.capture_chars) as (out, err):
             repl.begin()
@@ -461,16 +461,17 @@ class IPythonREPL(BaseEnv):
 
     def _execute_in_kernel(self, code: str) -> REPLResult:
         kernel = self._kernel
-        if self.timeout != self._kernel_timeout:
-            kernel.run_silent(f"{_CELLS}.kernel().set_timeout({self.timeout!r})")
-            self._kernel_timeout = self.timeout
+        timeout = self.timeout_for_next_cell()  # capped by what the run has left
+        if timeout != self._kernel_timeout:
+            kernel.run_silent(f"{_CELLS}.kernel().set_timeout({timeout!r})")
+            self._kernel_timeout = timeout
         cap = max(1_000_000, 10 * self.max_output_chars)
         started = time.perf_counter()
-        cell = kernel.run_cell(code, self.timeout, cap)
+        cell = kernel.run_cell(code, timeout, cap)
         summary = cell.summary or {}
         error, timed_out = summary.get("error"), bool(summary.get("timed_out"))
         notes = [summary.get("stderr", "")]
-        limit = "its time limit" if self.timeout is None else f"{self.timeout:g}s"
+        limit = "its time limit" if timeout is None else f"{timeout:g}s"
         if cell.interrupted and not timed_out:
             timed_out, error = True, f"TimeoutError: cell exceeded {limit}"
             notes = [
@@ -483,8 +484,8 @@ class IPythonREPL(BaseEnv):
                 f"{error}\n[the kernel was restarted: variables were lost; "
                 "context_N and history_N were loaded again]\n"
             )
-            kernel.run_silent(f"{_CELLS}.kernel().set_timeout({self.timeout!r})")
-            self._kernel_timeout = self.timeout
+            kernel.run_silent(f"{_CELLS}.kernel().set_timeout({timeout!r})")
+            self._kernel_timeout = timeout
             self._reload_kernel_state()
         elif cell.summary is None and error is None:
             error = "SandboxError: the kernel sent no result for the cell"

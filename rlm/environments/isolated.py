@@ -614,7 +614,7 @@ class IsolatedEnv(BaseEnv):
             raise TypeError("code must be a str")
         with self._lock:
             self._check_usable()
-            timeout = self.cell_timeout()
+            timeout = self.timeout_for_next_cell()
             deadline = None if timeout is None else time.monotonic() + timeout + self.kill_grace
             message = {
                 "type": "exec",

@@ -411,7 +411,7 @@ class LocalREPL(ReferenceREPLMethods, NonIsolatedEnv):
         if self._closed:
             raise SandboxError("the environment was cleaned up")
         with self._lock:
-            timeout = self.cell_timeout()
+            timeout = self.timeout_for_next_cell()
             self._repl.timeout = timeout
             cell = self._repl.run_cell(code, timeout_label=timeout)
             rlm_calls = self._subcalls.take() if self._subcalls is not None else []
