@@ -20,8 +20,8 @@ import atexit
 import collections
 import concurrent.futures
 import contextlib
-import inspect
 import copy
+import inspect
 import random
 import threading
 import time

@@ -128,7 +128,7 @@ def limit_error(
 
 
 def with_sampling_args(
-    backend: str,
+    backend: Any,
     backend_kwargs: Mapping[str, Any] | None,
     other_backends: Sequence[str] | None,
     other_backend_kwargs: Sequence[Mapping[str, Any]] | None,

@@ -29,7 +29,7 @@ from rlm.errors import (
 class ReferenceInternals:
     """Mixed into `RLM`; reads the settings `RLM.__init__` stores."""
 
-    backend: str
+    backend: Any  # a backend name, or a BaseLM instance
     backend_kwargs: dict[str, Any]
     environment: str
     environment_kwargs: dict[str, Any]
