@@ -27,7 +27,6 @@ from rlm.errors import (
     ConfigurationError,
     ContextLoadError,
     ErrorThresholdExceededError,
-    SandboxError,
     TimeoutExceededError,
     TokenLimitExceededError,
 )
@@ -247,7 +246,7 @@ def test_setup_code_runs_before_the_first_turn() -> None:
         rlm.completion("ctx")
     assert seen.stdout().strip() == "42"
     broken = scripted(["x"], environment_kwargs={"setup_code": "1 / 0"})
-    with broken, pytest.raises(SandboxError, match="ZeroDivisionError"):
+    with broken, pytest.raises(ConfigurationError, match="ZeroDivisionError"):
         broken.completion("ctx")
 
 

@@ -50,7 +50,6 @@ from rlm.errors import (
     CancellationError,
     ConfigurationError,
     RLMError,
-    SandboxError,
 )
 from rlm.logger.redact import register_sensitive_values
 from rlm.prompts import (
@@ -89,7 +88,7 @@ class RLM(ReferenceInternals):
         environment / environment_kwargs: where code runs ("local", "process", "docker", ...);
             `environment_kwargs={"timeout": s}` sets the per-cell timeout, and
             `{"setup_code": "..."}` runs code in the REPL before the first turn (a failing
-            setup is a `SandboxError`, not a silent stderr).
+            setup is a `ConfigurationError`, not a silent stderr).
         depth: this RLM's own depth (0 for a root).
         max_depth: 1 = sub-calls are plain LMs; n > 1 lets `rlm_query` start child RLMs
             down to depth n - 1.
@@ -534,7 +533,7 @@ class RLM(ReferenceInternals):
         assert self.setup_code is not None
         result = await to_thread(env.execute, self.setup_code)
         if result.error or result.timed_out:
-            raise SandboxError(
+            raise ConfigurationError(
                 "environment_kwargs['setup_code'] failed: "
                 + (result.stderr.strip() or str(result.error))
             )
