@@ -103,7 +103,7 @@ client = {CLIENTS[kind]}
 print(client.respond("hi").text)  # never closed: still alive at exit
 rlm = RLM(backend="openai", backend_kwargs={{"model_name": "m", "base_url": sim.openai_base_url,
           "api_key": "x"}})
-print(rlm.respond("ctx").response)  # never closed: still alive at exit
+print(rlm.completion("ctx").response)  # never closed: still alive at exit
 """
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=60
