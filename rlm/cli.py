@@ -111,10 +111,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     module.add_arguments(parser)
     parsed = parser.parse_args(rest)
     before = _live_sandboxes()
+    from rlm.commands import output
+
     with _sigterm_interrupts() as terminated:
         try:
             result: int = module.main(parsed)
+        except BrokenPipeError:  # the reader of stdout (or stderr) went away: end quietly
+            output.output_closed()
+            return output.EXIT_BROKEN_PIPE
         except KeyboardInterrupt:
+            if output.is_closed():
+                return output.EXIT_BROKEN_PIPE
             if not terminated:
                 raise
             result = EXIT_TERMINATED

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -106,11 +106,17 @@ class ConsoleView:
         *,
         max_chars: int = 2_000,
         live: bool | None = None,
+        on_closed: Callable[[], None] | None = None,
     ) -> None:
         require("rich", extra="rich")
         from rich.console import Console
 
         self.console = console if console is not None else Console(highlight=False)
+        # Rich's default answer to a broken pipe is SystemExit, raised on whatever thread
+        # printed (the event loop's, mid-run): the console goes quiet instead, and `on_closed`
+        # decides what else happens (`rlm run` stops when its stdout is gone too).
+        self._on_closed = on_closed
+        self.console.on_broken_pipe = self._broken_pipe  # type: ignore[method-assign]
         self.max_chars = max_chars
         self._live_enabled = (
             self.console.is_terminal and not self.console.is_dumb_terminal if live is None else live
@@ -120,6 +126,9 @@ class ConsoleView:
         self._runs: dict[str, _RunState] = {}
         self._roots: list[str] = []
         self._pending: dict[str, list[Record]] = {}  # run id -> finished sub-calls to summarise
+        # root run id -> model -> failed calls: the usage summary counts only answered calls,
+        # and a model whose every call failed must still show in the usage table.
+        self._failed: dict[str, dict[str, int]] = {}
         self._live: Live | None = None  # guarded by the print lock
         self._ticker_stop = threading.Event()
 
@@ -140,6 +149,12 @@ class ConsoleView:
         elif kind == "run_end":
             self._run_end(record)
 
+    def _broken_pipe(self) -> None:
+        self.console.quiet = True
+        self._ticker_stop.set()
+        if self._on_closed is not None:
+            self._on_closed()
+
     def close(self) -> None:
         """Stop the live display (if any) and drop all state."""
         self._stop_live(force=True)
@@ -147,6 +162,7 @@ class ConsoleView:
             self._runs.clear()
             self._roots.clear()
             self._pending.clear()
+            self._failed.clear()
 
     def print(self, renderable: RenderableType, depth: int = 0) -> None:
         from rich.padding import Padding
@@ -208,11 +224,26 @@ class ConsoleView:
         with self._state_lock:
             self._pending.setdefault(parent_id, []).append(dict(record))
             state = self._runs.get(parent_id)
+            if record.get("error"):
+                failed = self._failed.setdefault(self._root_of(parent_id), {})
+                model = str(record.get("model") or "?")
+                failed[model] = failed.get(model, 0) + 1
             if state is not None:
                 if state.inflight.pop(str(record.get("id", "")), None) is None:
                     state.started_calls += 1  # no start event (replay): count it now
                 state.done_calls += 1
                 state.recent = [*state.recent, dict(record)][-RECENT_LIVE:]
+
+    def _root_of(self, run_id: str) -> str:
+        """The top-level run `run_id` belongs to (called under the state lock)."""
+        seen: set[str] = set()
+        while run_id in self._runs and self._runs[run_id].parent_id and run_id not in seen:
+            seen.add(run_id)
+            parent = self._runs[run_id].parent_id
+            if parent not in self._runs:
+                break
+            run_id = parent
+        return run_id
 
     def _iteration(self, record: Mapping[str, Any]) -> None:
         run_id = str(record.get("run_id", ""))
@@ -232,6 +263,8 @@ class ConsoleView:
         with self._state_lock:
             state = self._runs.pop(run_id, None)
             self._pending.pop(run_id, None)
+            failed = self._failed.pop(run_id, {}) if state is None or not state.parent_id else {}
+            root_model = state.model if state is not None else ""
             is_root = run_id in self._roots or state is None or state.parent_id not in self._runs
             if run_id in self._roots:
                 self._roots.remove(run_id)
@@ -242,7 +275,7 @@ class ConsoleView:
         if stop_live:
             self._stop_live()
         if is_root:
-            self.print(self._final(record), depth)
+            self.print(self._final(record, failed, root_model), depth)
         else:
             from rich.text import Text
 
@@ -396,7 +429,12 @@ class ConsoleView:
             tree.add(f"[dim]… and {len(calls) - MAX_TREE_LINES} more[/]")
         return tree
 
-    def _final(self, record: Mapping[str, Any]) -> RenderableType:
+    def _final(
+        self,
+        record: Mapping[str, Any],
+        failed: Mapping[str, int] | None = None,
+        root_model: str = "",
+    ) -> RenderableType:
         from rich.console import Group
         from rich.panel import Panel
         from rich.table import Table
@@ -419,7 +457,11 @@ class ConsoleView:
                 message += f" — {record['error']}"
             parts.append(Text(message, style="bold yellow"))
         usage = record.get("usage") or {}
-        models: Mapping[str, Any] = usage.get("model_usage_summaries") or {}
+        models: dict[str, Any] = dict(usage.get("model_usage_summaries") or {})
+        failed = dict(failed or {})
+        for model in [root_model, *failed]:
+            if model and model not in models:  # every call to it failed: still a row
+                models[model] = {}
         table = Table(title="Usage", title_justify="left", show_footer=len(models) > 1)
         totals = record.get("totals") or {}
         table.add_column("model", footer="total")
@@ -433,15 +475,20 @@ class ConsoleView:
         table.add_column("cached", justify="right")
         unpriced = totals.get("unpriced_calls") or 0
         table.add_column("cost", justify="right", footer=_cost(totals.get("cost"), unpriced))
+        if failed:
+            table.add_column("failed", justify="right", footer=str(sum(failed.values())))
         for model, summary in models.items():
-            table.add_row(
+            row = [
                 model,
                 str(summary.get("total_calls", 0)),
                 f"{summary.get('total_input_tokens', 0):,}",
                 f"{summary.get('total_output_tokens', 0):,}",
                 f"{summary.get('total_cached_tokens', 0):,}",
                 _cost(summary.get("total_cost"), summary.get("unpriced_calls")),
-            )
+            ]
+            if failed:
+                row.append(str(failed.get(model, 0)))
+            table.add_row(*row)
         parts.append(table)
         if unpriced and totals.get("cost") is not None:
             parts.append(
@@ -546,7 +593,8 @@ class VerbosePrinter(Observer):
     """The observer behind `RLM(verbose=True)`: prints each run as it happens.
 
     Output is redacted like the log. Pass a `rich.console.Console` to choose where it goes
-    (`Console(stderr=True)` keeps stdout for the answer, as `rlm run` does).
+    (`Console(stderr=True)` keeps stdout for the answer, as `rlm run` does). When the
+    console's pipe breaks (`| head`), it goes quiet and calls `on_closed`; the run goes on.
     """
 
     def __init__(
@@ -555,8 +603,9 @@ class VerbosePrinter(Observer):
         *,
         max_chars: int = 2_000,
         secrets: Iterable[str] = (),
+        on_closed: Callable[[], None] | None = None,
     ) -> None:
-        self.view = ConsoleView(console, max_chars=max_chars)
+        self.view = ConsoleView(console, max_chars=max_chars, on_closed=on_closed)
         self.redactor = Redactor(secrets)
 
     @property
