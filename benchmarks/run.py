@@ -538,6 +538,46 @@ def b10() -> list[Figure]:
     ]
 
 
+def b11() -> list[Figure]:
+    """A completion over a 200 MB context with the default `RLMLogger` against none.
+
+    The root answers at once, so the figure is the logger's own cost (the context stored once
+    beside the log). Runs alternate between the two (3 each), so a change in the machine's load
+    moves both medians alike.
+    """
+    from rlm.logger.jsonl import RLMLogger
+
+    context = ("lorem ipsum dolor sit amet " * 8_000_000)[:200_000_000]
+    answer = repl("FINAL(str(len(context)))")
+    plain: list[float] = []
+    logged: list[float] = []
+    sizes: list[int] = []
+    with ProviderSimulator(lambda r: answer) as rs, ProviderSimulator("ok") as ss:
+        for _ in range(3):
+            with tempfile.TemporaryDirectory() as tmp:
+                for times, logger in ((plain, None), (logged, RLMLogger(tmp))):
+                    with openai_rlm(rs, ss, logger=logger) as rlm:
+                        rlm.completion("warm-up")
+                        started = time.perf_counter()
+                        out = rlm.completion(context)
+                        times.append(time.perf_counter() - started)
+                    assert out.response == str(len(context))
+                sizes.append(sum(f.stat().st_size for f in Path(tmp).iterdir()))
+    without, with_logger = statistics.median(plain), statistics.median(logged)
+    extra = with_logger - without
+    return [
+        Figure(
+            "B11",
+            "completion over a 200 MB context: default RLMLogger vs none (3 each, alternating)",
+            "<= 2x or +1 s",
+            f"{with_logger:.2f} s vs {without:.2f} s (+{extra:.2f} s); "
+            f"{max(sizes) / 1e6:.0f} MB on disk",
+            f"{without:.2f} s",
+            with_logger <= 2 * without or extra <= 1.0,
+        )
+    ]
+
+
 BENCHES: dict[str, Callable[[], list[Figure]]] = {
     "B1": b1,
     "B2": b2,
@@ -548,6 +588,7 @@ BENCHES: dict[str, Callable[[], list[Figure]]] = {
     "B8": b8,
     "B9": b9,
     "B10": b10,
+    "B11": b11,
 }
 
 

@@ -92,6 +92,16 @@ class Trajectory:
         for record in (self.run_start(root), self.run_end(root)):
             if record is not None and "context" in record:
                 return record["context"]
+            if record is not None and "context_file" in record and self.path is not None:
+                from rlm.logger.jsonl import load_context_file
+
+                try:
+                    return load_context_file(self.path, record)
+                except (OSError, ValueError) as exc:
+                    raise LogFormatError(
+                        f"cannot read the context file {record['context_file']!r} kept beside "
+                        f"{self.path}: {exc}"
+                    ) from exc
         raise LogFormatError(
             "this log has no context (it was written with RLMLogger(log_context=False), or the "
             "run was cut off before the context was stored), so it cannot be re-run"
