@@ -64,6 +64,11 @@ def add_environment_arguments(
     env.add_argument("--max-tokens", type=int, help=f"tokens over {scope}")
     env.add_argument("--max-subcalls", type=int)
     env.add_argument("--max-errors", type=int, help="consecutive failing turns before stopping")
+    env.add_argument(
+        "--cache",
+        metavar="PATH",
+        help="reuse answers of identical sub-calls from this SQLite file (created if missing)",
+    )
 
 
 def add_log_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -81,7 +86,14 @@ def add_log_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGrou
     out.add_argument(
         "--no-log-context",
         action="store_true",
-        help="leave the context out of the log (smaller; `rlm replay --rerun` then cannot run)",
+        help="leave the context out of the log (`rlm replay --rerun` then cannot run)",
+    )
+    out.add_argument(
+        "--log-context",
+        choices=("file", "inline", "none"),
+        default="file",
+        help="where the log keeps the context for `rlm replay --rerun`: a file beside the log "
+        "(default, cheap), inside the log (one file, slow for big contexts) or nowhere",
     )
     return out
 
@@ -162,11 +174,20 @@ def build_rlm(args: argparse.Namespace, *, observers: list[Any] | None = None) -
         require("rich", extra="rich")
         from rich.console import Console
 
-        observer_list.append(VerbosePrinter(Console(stderr=True, highlight=False)))
+        from rlm.commands import output
+
+        # A broken stderr silences the console; when stdout is that same pipe the run stops.
+        console = Console(stderr=True, highlight=False)
+        observer_list.append(VerbosePrinter(console, on_closed=output.stderr_closed))
     logger = None
     if args.log_dir:
-        logger = RLMLogger(
-            args.log_dir, log_context=not args.no_log_context, log_format=args.log_format
-        )
+        mode = "none" if args.no_log_context else getattr(args, "log_context", "file")
+        logger = RLMLogger(args.log_dir, log_context=mode, log_format=args.log_format)
     # The commands report a stopped run's partial answer with its stop reason, not a traceback.
-    return RLM(**settings, logger=logger, observers=observer_list, on_limit="return")
+    return RLM(
+        **settings,
+        logger=logger,
+        observers=observer_list,
+        on_limit="return",
+        cache=getattr(args, "cache", None),
+    )

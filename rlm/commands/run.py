@@ -13,7 +13,8 @@ Exit status:
        printed anyway and the stop reason goes to stderr
     2  bad usage or configuration (unknown backend or environment, missing key or extra,
        unreadable context file, bad argument)
-    130 interrupted (Ctrl-C)
+    130 interrupted (Ctrl-C); the log gets its `run_end` (stop reason "cancelled")
+    141 stdout was closed (`| head`): the run is cancelled, quietly
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rlm.commands import output
 from rlm.commands.rlm_options import (
     add_environment_arguments,
     add_log_arguments,
@@ -45,6 +47,7 @@ exit status:
        printed anyway and the stop reason goes to stderr
   2    bad usage or configuration
   130  interrupted
+  141  stdout was closed by its reader (e.g. `| head`)
 
 API keys are read from environment variables only (e.g. OPENAI_API_KEY).
 """
@@ -78,22 +81,28 @@ def main(args: argparse.Namespace) -> int:
     try:
         context = _read_context(args)
         rlm = build_rlm(args)
+        logger = _logger_of(rlm)
     except ConfigurationError as exc:
         return _fail(redactor, exc, EXIT_USAGE)
     try:
         with rlm:
             completion = rlm.completion(context, root_prompt=args.root_prompt)
     except (KeyboardInterrupt, CancellationError) as exc:
+        if output.is_closed():
+            return output.EXIT_BROKEN_PIPE
+        _end_logs(logger, "interrupted (Ctrl-C)")
         partial = getattr(exc, "partial_answer", None)
         if partial:
-            print(redactor.text(partial))
+            print(redactor.known(partial))
         print("rlm: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except ConfigurationError as exc:
         return _fail(redactor, exc, EXIT_USAGE)
     except RLMError as exc:
+        _end_logs(logger, str(exc))
         return _fail(redactor, exc, EXIT_STOPPED)
-    print(redactor.text(completion.response))
+    # The answer is the user's: only the exact values of known keys are taken out of it.
+    print(redactor.known(completion.response), flush=True)
     log_file = (completion.metadata or {}).get("log_file")
     if log_file:
         print(f"rlm: trajectory written to {log_file}", file=sys.stderr)
@@ -104,6 +113,23 @@ def main(args: argparse.Namespace) -> int:
         reason += f" ({completion.error})"
     print(redactor.text(reason), file=sys.stderr)
     return EXIT_STOPPED
+
+
+def _logger_of(rlm: Any) -> Any:
+    from rlm.logger.jsonl import RLMLogger
+
+    return next((o for o in rlm.observers if isinstance(o, RLMLogger)), None)
+
+
+def _end_logs(logger: Any, error: str) -> None:
+    """A run cut off before its end: its log gets a `run_end` ("cancelled") and its path is
+    printed, so the viewer and `rlm replay` show how it ended."""
+    if logger is None:
+        return
+    files = logger.open_files
+    logger.close("cancelled", error)
+    for path in files:
+        print(f"rlm: trajectory written to {path}", file=sys.stderr)
 
 
 def _fail(redactor: Redactor, exc: BaseException, code: int) -> int:
@@ -121,6 +147,11 @@ def _read_context(args: argparse.Namespace) -> Any:
         text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"cannot read the context from {source}: {exc}") from exc
+    if not text.strip():
+        where = "stdin" if source == "-" else source
+        raise ConfigurationError(
+            f"the context from {where} is empty: give --context FILE or pipe the document in"
+        )
     if not args.json:
         return text
     try:

@@ -53,8 +53,12 @@ _VALUE_PATTERNS = [
     re.compile(r"\be2b_[A-Za-z0-9]{20,}"),  # E2B keys
     re.compile(r"\bpk-[A-Za-z0-9_\-]{16,}"),  # Portkey and similar public/secret pairs
 ]
-# Secret-looking environment variable names whose values are scrubbed verbatim.
-_SECRET_ENV = re.compile(r"(?i)(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH)")
+# Environment variable names whose values are scrubbed verbatim: a whole word of the name says
+# it holds a secret (OPENAI_API_KEY, HF_TOKEN, AWS_SECRET_ACCESS_KEY, BASIC_AUTH), not a
+# substring of one (GIT_AUTHOR_EMAIL holds an address that answers may rightly contain).
+_SECRET_ENV = re.compile(
+    r"(?i)(^|_)(API_?KEY|KEY|KEYS|TOKEN|SECRET|PASSWORD|PASSWD|PASS|CREDENTIALS?|AUTH|PAT)($|_)"
+)
 _MIN_SECRET_LEN = 8
 _MIN_ENV_SECRET_LEN = 12
 
@@ -158,6 +162,15 @@ class Redactor:
                 value = value.replace(secret, REDACTED)
         for pattern in _VALUE_PATTERNS:
             value = pattern.sub(REDACTED, value)
+        return value
+
+    def known(self, value: str) -> str:
+        """Only the exact secret values this redactor knows (provider keys from the environment,
+        keys passed in code), never secret-looking shapes: for the user's own data (an answer,
+        a context), which must come out as it went in unless it holds one of those values."""
+        for secret in self._all_secrets():
+            if secret in value:
+                value = value.replace(secret, REDACTED)
         return value
 
     def data(self, value: Any) -> Any:
