@@ -101,8 +101,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from rlm.bench import benchmark_name
-    from rlm.bench.runner import BenchConfig, format_table, print_progress, run
+    from rlm.bench.runner import BenchConfig, BenchResults, format_table, print_progress, run
     from rlm.errors import ConfigurationError
+
+    results: BenchResults | None = None
+
+    def save(done: BenchResults) -> None:
+        if args.out:  # after every task: a Ctrl-C or a crash keeps what was paid for
+            done.write(args.out)
 
     try:
         benchmarks = list(BENCHMARKS) if args.task.lower() == "all" else [benchmark_name(args.task)]
@@ -128,14 +134,39 @@ def main(args: argparse.Namespace) -> int:
             start=args.start,
             log_dir=args.log_dir,
         )
-        results = run(config, progress=None if args.quiet else print_progress)
+        results = BenchResults(config)
+        run(
+            config,
+            progress=None if args.quiet else print_progress,
+            results=results,
+            on_task=save,
+        )
     except ConfigurationError as exc:
         print(f"rlm bench: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if results is None or not results.tasks:
+            print("rlm bench: interrupted before any task finished", file=sys.stderr)
+            return 130
+        print(format_table(results))
+        save(results)
+        where = f"; results so far: {args.out}" if args.out else ""
+        print(
+            f"rlm bench: interrupted after {len(results.tasks)} finished tasks{where}",
+            file=sys.stderr,
+        )
+        return 130
     print(format_table(results))
     if args.out:
         results.write(args.out)
         print(f"results: {args.out}")
     if args.log_dir:
         print(f"trajectories: {args.log_dir}")
+    if results.all_failed():
+        first = next(r[m]["error"] for r in results.tasks for m in ("rlm", "plain") if m in r)
+        print(
+            f"rlm bench: every task failed, the scores measure nothing (first error: {first})",
+            file=sys.stderr,
+        )
+        return 1
     return 0

@@ -9,6 +9,7 @@ as the paper's "base model" rows do; a provider error there (e.g. the context wi
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
@@ -181,6 +182,10 @@ def _run_rlm(config: BenchConfig, backends: Backends, task: Task) -> dict[str, A
         )
         try:
             completion = rlm.completion(task.context, root_prompt=task.question)
+        except KeyboardInterrupt:
+            if logger is not None:  # the cut-off task's log says how it ended
+                logger.close("cancelled", "interrupted (Ctrl-C)")
+            raise
         finally:
             rlm.close()
     except ConfigurationError:
@@ -245,6 +250,13 @@ def _failure(message: str, latency: float) -> dict[str, Any]:
 class BenchResults:
     config: BenchConfig
     tasks: list[dict[str, Any]] = field(default_factory=list)
+    # False while tasks remain (a run cut off by Ctrl-C keeps the tasks that finished).
+    complete: bool = False
+
+    def all_failed(self) -> bool:
+        """Every run of every task ended in an error: the scores measure nothing."""
+        runs = [r[m] for r in self.tasks for m in ("rlm", "plain") if m in r]
+        return bool(runs) and all(run.get("error") for run in runs)
 
     def summary(self) -> list[dict[str, Any]]:
         """One row per (benchmark, length, method), in run order."""
@@ -262,15 +274,20 @@ class BenchResults:
             "version": RESULTS_VERSION,
             "token_approximation": TOKEN_APPROXIMATION,
             "config": self.config.to_dict(),
+            "complete": self.complete,
             "summary": self.summary(),
             "tasks": self.tasks,
         }
 
     def write(self, path: str | Path) -> None:
+        """Replace `path` whole (written beside it, then renamed): a Ctrl-C mid-write leaves
+        the previous version, never half a file."""
         target = Path(path)
         if target.parent != Path():
             target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
+        partial = target.with_name(f".{target.name}.partial")
+        partial.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
+        os.replace(partial, target)
 
 
 def _row(benchmark: str, length: int, method: str, results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -298,11 +315,22 @@ def _row(benchmark: str, length: int, method: str, results: list[dict[str, Any]]
     }
 
 
-def run(config: BenchConfig, progress: Callable[[str], None] | None = None) -> BenchResults:
-    """Generate and run every task of `config`; report each one to `progress` as it ends."""
+def run(
+    config: BenchConfig,
+    progress: Callable[[str], None] | None = None,
+    *,
+    results: BenchResults | None = None,
+    on_task: Callable[[BenchResults], None] | None = None,
+) -> BenchResults:
+    """Generate and run every task of `config`; report each one to `progress` as it ends.
+
+    Tasks go into `results` (a new one when None) as they finish and `on_task` sees it after
+    each, so a caller that is interrupted still holds every finished, paid-for task.
+    """
     config.validate()
     benchmarks = [benchmark_name(b) for b in config.benchmarks]
-    results = BenchResults(config)
+    if results is None:
+        results = BenchResults(config)
     for benchmark in benchmarks:
         backends = Backends(config, benchmark)
         plain = get_client(backends.root_backend, backends.plain_kwargs) if config.plain else None
@@ -321,9 +349,12 @@ def run(config: BenchConfig, progress: Callable[[str], None] | None = None) -> B
                     results.tasks.append(record)
                     if progress is not None:
                         progress(_progress_line(record))
+                    if on_task is not None:
+                        on_task(results)
         finally:
             if plain is not None:
                 plain.close()
+    results.complete = True
     return results
 
 

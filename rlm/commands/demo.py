@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -30,7 +31,8 @@ PROVIDERS = [
     ("GEMINI_API_KEY", "gemini", "gemini-2.5-flash"),
     ("GOOGLE_API_KEY", "gemini", "gemini-2.5-flash"),
 ]
-LOCAL_URL = os.environ.get("RLM_LOCAL_MODEL_URL", "http://127.0.0.1:8765/v1")
+DEFAULT_MODEL_PORT = 8765
+LOCAL_URL = os.environ.get("RLM_LOCAL_MODEL_URL", f"http://127.0.0.1:{DEFAULT_MODEL_PORT}/v1")
 LOCAL_MODEL = os.environ.get("RLM_LOCAL_MODEL_NAME", "smollm2")
 LOCAL_DESCRIPTION = "SmolLM2-135M-Instruct via llama.cpp"
 # The scripted root's chunk size. The local server's window is 8,192 tokens and this prose
@@ -125,12 +127,13 @@ def main(args: argparse.Namespace) -> int:
             if args.offline
             else "no provider key is set (OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY)"
         )
-        if not _ensure_local_model():
+        local_url = _ensure_local_model()
+        if local_url is None:
             return 2
         print(
             f"Running with the local model: {why}.\n"
             f"A scripted root LM writes the code, and the real local model {LOCAL_MODEL!r} "
-            f"({LOCAL_DESCRIPTION}\nat {LOCAL_URL}) answers every sub-call. "
+            f"({LOCAL_DESCRIPTION}\nat {local_url}) answers every sub-call. "
             "Set a provider key to use a real root model.\n",
             flush=True,
         )
@@ -141,7 +144,7 @@ def main(args: argparse.Namespace) -> int:
             other_backend_kwargs=[
                 {
                     "model_name": LOCAL_MODEL,
-                    "base_url": LOCAL_URL,
+                    "base_url": local_url,
                     "timeout": 300.0,
                     "max_retries": 1,
                     "sampling_args": {"max_tokens": LOCAL_MAX_TOKENS, "temperature": 0.0},
@@ -153,7 +156,11 @@ def main(args: argparse.Namespace) -> int:
 
         kwargs["logger"] = RLMLogger(log_dir=args.log_dir)
     if not args.quiet:
-        kwargs["verbose"] = True
+        from rlm.commands import output
+        from rlm.logger.verbose import VerbosePrinter
+
+        # `rlm demo | head`: once the reader is gone the run stops (exit 141), quietly.
+        kwargs["observers"] = [VerbosePrinter(on_closed=output.output_closed)]
     kwargs["on_limit"] = "return"  # the demo reports the stop reason with the partial answer
     with RLM(**kwargs) as rlm:
         out = rlm.completion(task.context, root_prompt=task.question)
@@ -196,10 +203,45 @@ def _server_script() -> Path | None:
     return None
 
 
-def _ensure_local_model() -> bool:
-    """True when the local model answers, starting it with scripts/model_server.sh if needed."""
+def _port_taken(port: int) -> bool:
+    """True when something on this machine already listens on `port` (127.0.0.1)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _server_ports() -> tuple[str, dict[str, str]]:
+    """The URL the demo's model server will answer at, and the script's environment.
+
+    The default port may be held by another program (not a model server, or the URL would
+    have answered): then the server starts on free ports instead of failing to bind. A URL the
+    user chose (RLM_LOCAL_MODEL_URL, RLM_MODEL_PORT) is kept as given.
+    """
+    env = dict(os.environ)
+    chosen = "RLM_LOCAL_MODEL_URL" in os.environ or "RLM_MODEL_PORT" in os.environ
+    if chosen or not _port_taken(DEFAULT_MODEL_PORT):
+        return LOCAL_URL, env
+    model_port, proxy_port = _free_port(), _free_port()
+    env["RLM_MODEL_PORT"], env["RLM_PROXY_PORT"] = str(model_port), str(proxy_port)
+    print(
+        f"Port {DEFAULT_MODEL_PORT} is taken by another program: the model server uses port "
+        f"{model_port} instead.",
+        flush=True,
+    )
+    return f"http://127.0.0.1:{model_port}/v1", env
+
+
+def _ensure_local_model() -> str | None:
+    """The URL of a local model that answers, started with scripts/model_server.sh if needed;
+    None (after saying why) when there is none."""
     if _answers(LOCAL_URL):
-        return True
+        return LOCAL_URL
     script = _server_script()
     bash = shutil.which("bash")
     if script is None or bash is None:
@@ -208,7 +250,10 @@ def _ensure_local_model() -> bool:
             "one) is not here: run rlm demo from an rlm checkout, point RLM_LOCAL_MODEL_URL at "
             "an OpenAI-compatible server, or set a provider key."
         )
-        return False
+        return None
+    url, env = _server_ports()
+    if url != LOCAL_URL and _answers(url):
+        return url
     print(
         f"Starting the local model server ({script.parent.name}/{script.name} start model).\n"
         "The first start builds llama.cpp from source (20-40 minutes on 2 cores); later "
@@ -218,19 +263,22 @@ def _ensure_local_model() -> bool:
     logs = script.parents[1] / ".rlm" / "model-server"
     try:
         subprocess.run(
-            [bash, str(script), "start", "model"], check=True, timeout=SERVER_START_TIMEOUT
+            [bash, str(script), "start", "model"],
+            check=True,
+            timeout=SERVER_START_TIMEOUT,
+            env=env,
         )
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
         _fail(f"the local model server did not start ({exc}); its logs are in {logs}/.")
-        return False
-    if not _answers(LOCAL_URL):
+        return None
+    if not _answers(url):
         _fail(
-            f"the model server started but nothing answers at {LOCAL_URL}; check "
+            f"the model server started but nothing answers at {url}; check "
             f"RLM_LOCAL_MODEL_URL and RLM_MODEL_PORT, and the logs in {logs}/."
         )
-        return False
+        return None
     print("The local model server is running (stop it with scripts/model_server.sh stop).\n")
-    return True
+    return url
 
 
 def _fail(message: str) -> None:
