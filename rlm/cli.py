@@ -53,6 +53,8 @@ class Terminated(KeyboardInterrupt):
 
 
 EXIT_TERMINATED = 128 + signal.SIGTERM
+# Statuses after which the process ends at once rather than wait for leftover worker threads.
+_ABANDON_WORK = frozenset({128 + signal.SIGINT, EXIT_TERMINATED, 128 + signal.SIGPIPE})
 
 
 @contextlib.contextmanager
@@ -98,6 +100,25 @@ def _kill_new_sandboxes(before: weakref.WeakSet[Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    code = _main(argv)
+    if argv is None and code in _ABANDON_WORK:
+        _exit_now(code)
+    return code
+
+
+def _exit_now(code: int) -> None:
+    """End the process now, as the program (not a caller passing `argv`) after an interrupt.
+
+    The command's cleanup has run (logs ended, sandboxes killed), but a cell of the `local`
+    environment may still be running user code in a worker thread, and the interpreter's exit
+    would wait for it (a `time.sleep(600)` cell holds Ctrl-C for ten minutes)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] not in COMMANDS:
         parser = build_parser()

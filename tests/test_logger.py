@@ -166,8 +166,12 @@ def test_schema_round_trip(tmp_path: Path) -> None:
     assert header is not None and header["schema"] == "rlm-trajectory" and header["version"] == 1
     root_start = log.run_start("root1")
     assert root_start is not None
-    assert root_start["context"] == "hello world"
-    assert RunInfo(**{k: v for k, v in root_start.items() if k not in ("type", "t")}) == run_info()
+    # The context is kept once in a file beside the log (the default), read back by the log.
+    assert root_start["context_file"] == files[0].stem + ".context.txt"
+    assert log.context == "hello world"
+    info = {k: v for k, v in root_start.items() if k != "type" and k != "t"}
+    info = {k: v for k, v in info.items() if not k.startswith("context_") or k in RUN_FIELDS}
+    assert RunInfo(**info) == run_info()
     child_start = log.run_start("child1")
     assert child_start is not None and child_start["parent_id"] == "root1"
     assert "context" not in child_start  # only the root context is stored
@@ -210,13 +214,16 @@ def test_context_can_be_left_out_or_stored_at_the_end(tmp_path: Path) -> None:
     log = read_log(next((tmp_path / "a").glob("*.jsonl")))
     assert all("context" not in r for r in log.records)
     # A core that does not hand over the context at the start: it lands in run_end.
-    logger = RLMLogger(tmp_path / "b")
+    logger = RLMLogger(tmp_path / "b", log_context="inline")
     drive(logger, run_info(context=None))
     log = read_log(next((tmp_path / "b").glob("*.jsonl")))
     root_start, root_end = log.run_start("root1"), log.run_end("root1")
     assert root_start is not None and "context" not in root_start
     assert root_end is not None and root_end["context"] is None  # completion.prompt
     assert log.context is None
+
+
+RUN_FIELDS = ("context_type", "context_total_length", "context_lengths")
 
 
 def test_subcall_truncation_is_configurable(tmp_path: Path) -> None:

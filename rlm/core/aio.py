@@ -33,9 +33,19 @@ _loop: asyncio.AbstractEventLoop | None = None
 _thread: threading.Thread | None = None
 # Futures that callers on other threads wait on; failed at once if the loop dies under them.
 _pending: set[concurrent.futures.Future[Any]] = set()
+
+
 # Cells block while they wait for sub-calls that may start further cells (child RLMs), so the
 # pool must be far larger than the core count; threads are created only when needed.
-_executor = concurrent.futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="rlm-worker")
+class _SharedPool(concurrent.futures.ThreadPoolExecutor):
+    """The worker pool, which outlives every loop: a loop that is closed (or collected after
+    it died) shuts its default executor down, and this one must keep serving the next loop."""
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        return None
+
+
+_executor = _SharedPool(max_workers=512, thread_name_prefix="rlm-worker")
 
 
 def get_loop() -> asyncio.AbstractEventLoop:
