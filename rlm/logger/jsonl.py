@@ -442,7 +442,8 @@ class RLMLogger(Observer):
         trace.context_logged = True
         if self.context_mode == "inline":
             record["context"] = context
-        elif self.context_mode == "file" and trace.path is not None:
+        elif self.context_mode == "file" and trace.path is not None and trace.converter is None:
+            # (A reference-format log has no field that could point at the file.)
             record.update(self._write_context_file(trace.path, context))
 
     def _write_context_file(self, log_path: Path, context: Any) -> Record:
