@@ -122,11 +122,23 @@ def test_verbose_run_into_head_through_a_shell(context_file: Path) -> None:
         f"{sys.executable} -m rlm run {' '.join(map(quote, scripted(LOUD, LOUD)))} "
         f"-c {context_file} -p q -v 2>&1 | head -3; echo status=${{PIPESTATUS[0]}}"
     )
-    done = subprocess.run(
-        ["bash", "-c", script], capture_output=True, text=True, timeout=WAIT, env=env(), cwd=ROOT
+    shell = subprocess.Popen(
+        ["bash", "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+        cwd=ROOT,
+        start_new_session=True,  # a hung rlm is killed with the shell's whole group
     )
-    assert done.stdout.strip().endswith("status=141"), done.stdout + done.stderr
-    assert "Traceback" not in done.stdout + done.stderr
+    try:
+        out, err = shell.communicate(timeout=WAIT)
+    except subprocess.TimeoutExpired:
+        os.killpg(shell.pid, signal.SIGKILL)
+        shell.communicate()
+        pytest.fail("rlm run -v | head -3 did not end")
+    assert out.strip().endswith("status=141"), out + err
+    assert "Traceback" not in out + err
 
 
 def quote(text: str) -> str:
