@@ -250,7 +250,7 @@ def test_ctrl_c_on_run_ends_the_log_and_prints_its_path(
     log = read_log(log_path)
     end = log.run_end(log.root_run_id)
     assert log.complete and end is not None
-    assert end["stop_reason"] == "cancelled" and "interrupted" in end["error"]
+    assert end["stop_reason"] == "cancelled"
     assert end["totals"]["calls"] >= 2  # the turns and the sub-call that did happen
 
 

@@ -26,7 +26,7 @@ from rlm.clients import get_client
 from rlm.clients.base import BaseLM
 from rlm.core.rlm import RLM
 from rlm.core.types import RLMChatCompletion
-from rlm.errors import ConfigurationError, RLMError
+from rlm.errors import CancellationError, ConfigurationError, RLMError
 
 ORACLE = "oracle"
 RESULTS_SCHEMA = "rlm-bench-results"
@@ -182,10 +182,11 @@ def _run_rlm(config: BenchConfig, backends: Backends, task: Task) -> dict[str, A
         )
         try:
             completion = rlm.completion(task.context, root_prompt=task.question)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, CancellationError) as exc:
+            # Ctrl-C (which the core raises as CancellationError) ends the bench, not one task.
             if logger is not None:  # the cut-off task's log says how it ended
                 logger.close("cancelled", "interrupted (Ctrl-C)")
-            raise
+            raise KeyboardInterrupt from exc
         finally:
             rlm.close()
     except ConfigurationError:

@@ -126,7 +126,8 @@ def _end_logs(logger: Any, error: str) -> None:
     printed, so the viewer and `rlm replay` show how it ended."""
     if logger is None:
         return
-    files = logger.open_files
+    # The core may have ended the run's log itself on the way out; then its file is the last.
+    files = logger.open_files or ([logger.log_file_path] if logger.log_file_path else [])
     logger.close("cancelled", error)
     for path in files:
         print(f"rlm: trajectory written to {path}", file=sys.stderr)
