@@ -167,6 +167,7 @@ class DockerREPL(IsolatedEnv):
         "python",
     )
     default_start_timeout: ClassVar[float] = 60.0
+    pool_by_default: ClassVar[bool] = True
     reaper_scope = "pidns"  # the container's own PID namespace: every process but init is ours
 
     def __init__(

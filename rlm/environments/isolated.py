@@ -35,13 +35,13 @@ import threading
 import time
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, ClassVar
 
 from rlm.core.types import Message, REPLResult
-from rlm.environments.base import BaseEnv
+from rlm.environments.base import BaseEnv, HandlerEndpoint, ToolSpec
 from rlm.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -218,11 +218,16 @@ class IsolatedEnv(BaseEnv):
     default_max_processes: ClassVar[int | None] = None
     default_start_timeout: ClassVar[float] = 60.0
     base64_lines: ClassVar[bool] = False  # True: the transport carries text lines only
+    # Whether an RLM keeps pre-started sandboxes of this kind warm unless told otherwise
+    # (`rlm.environments.pool`): yes where a sandbox costs only local resources.
+    pool_by_default: ClassVar[bool] = False
     # The kernel boundary the worker may use to find what its cells left running: "cgroup"
     # (a cgroup of the sandbox's own), "pidns" (a PID namespace of its own), or None.
     reaper_scope: str | None = None
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, prestart: bool = False, **kwargs: Any) -> None:
+        """Start the sandbox. With `prestart=True` (the warm pool's) the worker is started but
+        not greeted: it waits, running no code, until `bind()` gives it a run."""
         accepted = BASE_KWARGS + LIMIT_KWARGS + self.extra_kwargs
         unknown = sorted(set(kwargs) - set(accepted))
         if unknown:
@@ -254,6 +259,8 @@ class IsolatedEnv(BaseEnv):
         self.max_message_chars = DEFAULT_MAX_MESSAGE_CHARS
         self.channel_token = secrets.token_urlsafe(32)
         self.worker_info: dict[str, Any] = {}
+        self._bound = not prestart  # whether a run owns it (and the worker had its hello)
+        self._on_cleanup: Callable[[], None] | None = None  # the pool's count of sandboxes in use
 
         self._lock = threading.Lock()  # one request to the worker at a time
         self._state_lock = threading.Lock()
@@ -279,10 +286,40 @@ class IsolatedEnv(BaseEnv):
                 name=f"rlm-{self.name}-reader",
                 daemon=True,
             ).start()
+            if not prestart:
+                self._hello()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def bind(
+        self,
+        *,
+        handler: HandlerEndpoint | None = None,
+        depth: int = 0,
+        tools: Mapping[str, ToolSpec] | None = None,
+    ) -> None:
+        """Give a pre-started sandbox to one run: its handler session, depth and tools go to
+        the worker in the hello, which also sets the worker's limits. Once only: a sandbox
+        never serves a second run."""
+        with self._state_lock:
+            if self._bound:
+                raise SandboxError("this sandbox is already bound to a run")
+            self._bound = True
+        self.handler = handler
+        self.depth = depth
+        self.tools = dict(tools or {})
+        try:
+            self._check_usable()
             self._hello()
         except BaseException:
             self.cleanup()
             raise
+
+    def pool_refusal(self) -> str | None:
+        """Why this sandbox must not wait in a pool for a later run (None: it may). A waiting
+        sandbox must be out of reach of the code of other runs until it is bound."""
+        return None
 
     # ---------------------------------------------------------------- for subclasses
     @abstractmethod
@@ -471,6 +508,8 @@ class IsolatedEnv(BaseEnv):
     def _check_usable(self) -> None:
         if self._closed:
             raise SandboxError("the environment was cleaned up")
+        if not self._bound:
+            raise SandboxError("this pre-started sandbox is not bound to a run (bind() first)")
         if self._dead is not None:
             raise SandboxError(self._dead)
 
@@ -675,6 +714,7 @@ class IsolatedEnv(BaseEnv):
             if self._closed:
                 return
             self._closed = True
+            on_cleanup, self._on_cleanup = self._on_cleanup, None
         if self._transport is not None:
             self._transport.kill()
         with self._conn_lock:
@@ -686,6 +726,8 @@ class IsolatedEnv(BaseEnv):
         else:
             for path in self._paths:
                 shutil.rmtree(path, ignore_errors=True)
+        if on_cleanup is not None:
+            on_cleanup()
 
 
 _CONNECT_ATTEMPTS = 5

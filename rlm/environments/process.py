@@ -206,6 +206,7 @@ class ProcessREPL(IsolatedEnv):
     extra_kwargs: ClassVar[tuple[str, ...]] = ("python", "user", "confine")
     default_max_processes: ClassVar[int | None] = 128
     default_start_timeout: ClassVar[float] = 30.0
+    pool_by_default: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -226,6 +227,19 @@ class ProcessREPL(IsolatedEnv):
         self.pgid: int | None = None
         self.confinement: dict[str, Any] = {}
         super().__init__(**kwargs)
+
+    def pool_refusal(self) -> str | None:
+        """A worker that shares its uid with other sandboxes could be reached, while it waits,
+        by their code (its /proc entries: the channel token in its environ, its stdin), and so
+        handed over to a later run already tampered with. Only a uid of its own, or the host's
+        own uid (no boundary between sandboxes to keep in that case), may wait in a pool."""
+        uid = self.confinement.get("uid")
+        if uid is None or uid == os.geteuid() or self.confinement.get("uid_of_its_own"):
+            return None
+        return (
+            f"the process sandbox runs as uid {uid}, shared with other sandboxes, so a waiting "
+            "one could be reached by their code; no uid pool (see confine=) or pass pool=False"
+        )
 
     def _lease_uid(self) -> UidLease | None:
         """A uid of its own, when `user="auto"` on a root host; None when the option names
