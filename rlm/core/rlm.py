@@ -44,8 +44,9 @@ from rlm.core.types import (
     UsageLedger,
     _serialize_value,
 )
-from rlm.environments import environment_class, get_environment
+from rlm.environments import environment_class
 from rlm.environments.base import BaseEnv, ToolSpec
+from rlm.environments.pool import SandboxPool, split_pool_kwargs
 from rlm.errors import (
     CancellationError,
     ConfigurationError,
@@ -226,6 +227,8 @@ class RLM(ReferenceInternals):
             if key in self.environment_kwargs:
                 raise ConfigurationError(f"environment_kwargs may not set {key!r}: rlm sets it")
         environment_class(environment)  # unknown names fail now, not at the first completion
+        split_pool_kwargs(environment, self.environment_kwargs)  # so do bad pool= / pool_size=
+        self._sandboxes = SandboxPool()  # warm sandboxes for runs and children
         self.depth = depth
         self.max_depth = max_depth
         self.max_iterations = max_iterations
@@ -392,6 +395,7 @@ class RLM(ReferenceInternals):
             state, self._persistent = self._persistent, None
             self.handler.close_session(state.session)
             await to_thread(state.env.cleanup)
+        await to_thread(self._sandboxes.close)
         await self.handler.astop()
         await self.handler.aclose_clients()
 
@@ -586,7 +590,7 @@ class RLM(ReferenceInternals):
             "tools": specs,
         }
         try:
-            env = await to_thread(get_environment, self.environment, kwargs)
+            env = await to_thread(self._sandboxes.acquire, self.environment, kwargs)
         except BaseException:
             self.handler.close_session(session)
             raise
