@@ -578,6 +578,107 @@ def b11() -> list[Figure]:
     ]
 
 
+# B12, B13: what starting sandboxes costs a run, per environment, without the warm pool
+# (cold: `pool=False`, every run and child starts its own) and with it (warm, the default).
+POOL_MODES: tuple[tuple[str, dict[str, Any]], ...] = (("cold", {"pool": False}), ("warm", {}))
+POOL_ENVIRONMENTS = ("local", "process", "docker")
+
+
+def _skip_reason(environment: str) -> str | None:
+    if environment != "docker":
+        return None
+    from rlm.environments.docker import docker_unavailable_reason
+
+    return docker_unavailable_reason()
+
+
+def _pool_runs(environment: str) -> tuple[tuple[str, dict[str, Any]], ...]:
+    """(mode, environment_kwargs) per mode that applies: local has no sandbox to warm."""
+    return (("no sandbox", {}),) if environment == "local" else POOL_MODES
+
+
+def b12() -> list[Figure]:
+    """One turn with one llm_query at 0 ms, the second completion in the process."""
+    targets = {"process": 0.03, "docker": 0.1}
+    figures = []
+    for environment in POOL_ENVIRONMENTS:
+        reason = _skip_reason(environment)
+        for mode, kwargs in _pool_runs(environment):
+            what = f"one turn, 1 llm_query, 0 ms: {environment}, {mode} (2nd completion)"
+            target = targets.get(environment) if mode == "warm" else None
+            target_text = "n/a" if target is None else f"<= {target:g} s"
+            if reason is not None:
+                figures.append(Figure("B12", what, target_text, f"skipped: {reason}", "0 s", None))
+                continue
+            with (
+                ProviderSimulator(lambda r: repl("r = llm_query('hi')\nFINAL(r)")) as rs,
+                ProviderSimulator("ok") as ss,
+                openai_rlm(rs, ss, environment=environment, environment_kwargs=kwargs) as rlm,
+            ):
+                rlm.completion("warm-up")
+                times = []
+                for _ in range(REPEATS):
+                    started = time.perf_counter()
+                    out = rlm.completion("context")
+                    times.append(time.perf_counter() - started)
+                    assert out.response == "ok", out
+            second = times[0]
+            figures.append(
+                Figure(
+                    "B12",
+                    what,
+                    target_text,
+                    f"{second:.3f} s (later ones: {spread(times)})",
+                    "0 s",
+                    None if target is None else second <= target,
+                )
+            )
+    return figures
+
+
+def b13() -> list[Figure]:
+    """rlm_query_batched of 8 children at depth 2, 100 ms per LM call, whole completion."""
+    targets = {"process": 0.7, "docker": 1.0}
+    figures = []
+    for environment in POOL_ENVIRONMENTS:
+        reason = _skip_reason(environment)
+        for mode, kwargs in _pool_runs(environment):
+            what = f"8 children at depth 2, 100 ms: {environment}, {mode} (completion time)"
+            target = targets.get(environment) if mode == "warm" else None
+            target_text = "n/a, 8/8" if target is None else f"<= {target:g} s, 8/8"
+            if reason is not None:
+                figures.append(
+                    Figure("B13", what, target_text, f"skipped: {reason}", "0.5 s", None)
+                )
+                continue
+            times, correct = [], True
+            with (
+                ProviderSimulator(lambda r: repl(B3_ROOT), latency=0.1) as rs,
+                ProviderSimulator(_b3_sub, latency=0.1) as ss,
+                openai_rlm(
+                    rs, ss, max_depth=2, environment=environment, environment_kwargs=kwargs
+                ) as rlm,
+            ):
+                rlm.completion("warm")
+                for _ in range(REPEATS):
+                    started = time.perf_counter()
+                    out = rlm.completion("ctx")
+                    times.append(time.perf_counter() - started)
+                    correct = correct and out.value == [str(i * i) for i in range(8)]
+            t = statistics.median(times)
+            figures.append(
+                Figure(
+                    "B13",
+                    what,
+                    target_text,
+                    f"{t:.3f} s, {'8/8' if correct else 'WRONG'} ({spread(times)})",
+                    "0.5 s",
+                    None if target is None else (t <= target and correct),
+                )
+            )
+    return figures
+
+
 BENCHES: dict[str, Callable[[], list[Figure]]] = {
     "B1": b1,
     "B2": b2,
@@ -589,6 +690,8 @@ BENCHES: dict[str, Callable[[], list[Figure]]] = {
     "B9": b9,
     "B10": b10,
     "B11": b11,
+    "B12": b12,
+    "B13": b13,
 }
 
 
