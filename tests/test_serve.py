@@ -108,6 +108,19 @@ class Server:
                 found.add(int(entry.name))
         return found
 
+    def busy_children(self) -> set[int]:
+        """The sandboxes that serve a run, not those the warm pool keeps waiting: a worker
+        sets its address-space limit once its run's hello arrives."""
+        found = set()
+        for pid in self.children():
+            try:
+                limits = Path(f"/proc/{pid}/limits").read_text()
+            except OSError:
+                continue
+            if re.search(r"Max address space\s+\d", limits):
+                found.add(pid)
+        return found
+
 
 def start_server(sim: ProviderSimulator, *args: str, key: str | None = KEY) -> Server:
     env = dict(os.environ, OPENAI_API_KEY="sk-simulated", PYTHONPATH=str(ROOT))
@@ -458,7 +471,7 @@ def test_a_client_that_disconnects_cancels_its_run(
         )
         close = sock.close
     _wait_for(lambda: model.root_turns.get(question), "the root turn")
-    sandboxes = _wait_for(srv.children, "a sandbox process running time.sleep(600)")
+    sandboxes = _wait_for(srv.busy_children, "a sandbox process running time.sleep(600)")
     close()  # the client goes away while the sandbox sleeps
     _wait_for(
         lambda: {line for line in srv.stderr_lines if "client disconnected" in line} - before,
