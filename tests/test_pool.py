@@ -4,6 +4,7 @@ each pooled sandbox must be as fresh as a cold one, and nothing may outlive `clo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -123,8 +124,8 @@ def test_a_pooled_sandbox_is_fresh_and_was_started_before_the_run(kind: str) -> 
         # The run took a sandbox the pool started, and the pool started its replacement.
         assert stats["direct"] == 0 and stats["started"] == 2, stats
         assert wait_until(lambda: pool_stats(rlm)["ready"] == 1), pool_stats(rlm)
-        warm = sandboxes(kind) - before
-        assert len(warm) == 1  # the used one is gone; only the warm one is left
+        # The used one is ended (in the background); only the warm one is left.
+        assert wait_until(lambda: len(sandboxes(kind) - before) == 1), sandboxes(kind) - before
         second = rlm.completion("two").response.split()
         assert pool_stats(rlm)["direct"] == 0
     worker_pid, child_pid, host_one, uid_one = first
@@ -152,7 +153,7 @@ def test_close_leaves_nothing_the_pool_started(kind: str) -> None:
     rlm.completion("x", root_prompt="ROOT")
     # The run showed 5 sandboxes in use at once (the root and its 4 children): 5 are kept.
     assert wait_until(lambda: pool_stats(rlm)["ready"] == 5), pool_stats(rlm)
-    assert len(sandboxes(kind) - before) == 5
+    assert wait_until(lambda: len(sandboxes(kind) - before) == 5)
     rlm.close()
     assert rlm._sandboxes.closed
     assert not sandboxes(kind) - before  # at once: close() waited for everything
@@ -175,10 +176,20 @@ def test_close_waits_for_sandboxes_still_starting() -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_children_of_a_batch_take_their_sandboxes_at_the_same_time(kind: str) -> None:
-    def model(messages: list[Message]) -> str:
+    arrived = [0]  # child turns so far (each child has one)
+
+    async def model(messages: list[Message]) -> str:
         if "ROOT" in messages[1]["content"]:
             code = "rs = rlm_query_batched([f'Return the square of {i}' for i in range(8)])"
             return repl(code + "\nFINAL(','.join(rs))")
+        # A child's first turn comes once its sandbox is bound; hold each until all eight of
+        # the batch are here, so that all hold their sandboxes at once.
+        arrived[0] += 1
+        batch_end = 8 * ((arrived[0] - 1) // 8 + 1)
+        for _ in range(6000):
+            if arrived[0] >= batch_end:
+                break
+            await asyncio.sleep(0.01)
         return repl("n = int(context.split()[-1])\nFINAL(n * n)")
 
     with scripted_rlm(kind, model, max_depth=2) as rlm:

@@ -505,7 +505,7 @@ class RLM(ReferenceInternals):
                 await to_thread(env.add_history, jsonable_messages(loop.transcript), index)
             else:
                 self.handler.close_session(session)
-                await to_thread(env.cleanup)
+                await to_thread(self._sandboxes.discard, env)
         completion = RLMChatCompletion(
             root_model=root_model,
             prompt=context,

@@ -168,6 +168,7 @@ class DockerREPL(IsolatedEnv):
     )
     default_start_timeout: ClassVar[float] = 60.0
     pool_by_default: ClassVar[bool] = True
+    end_in_background: ClassVar[bool] = True  # its files die with the container
     reaper_scope = "pidns"  # the container's own PID namespace: every process but init is ours
 
     def __init__(

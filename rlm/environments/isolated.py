@@ -221,6 +221,9 @@ class IsolatedEnv(BaseEnv):
     # Whether an RLM keeps pre-started sandboxes of this kind warm unless told otherwise
     # (`rlm.environments.pool`): yes where a sandbox costs only local resources.
     pool_by_default: ClassVar[bool] = False
+    # Whether the pool may end a used sandbox in the background, the run not waiting for it:
+    # only where nothing it leaves in a shared place (the host's /tmp, say) can outlive the run.
+    end_in_background: ClassVar[bool] = False
     # The kernel boundary the worker may use to find what its cells left running: "cgroup"
     # (a cgroup of the sandbox's own), "pidns" (a PID namespace of its own), or None.
     reaper_scope: str | None = None

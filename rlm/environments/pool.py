@@ -20,9 +20,10 @@ Each `acquire` starts replacements in the background. When a background start fa
 starts its sandbox directly, as without a pool, and a warning says why; after two failures in a
 row the pool stops warming that configuration (runs then start theirs directly, as without it).
 
-`close()` (the `RLM`'s `close()`, and a backstop at interpreter exit or when the pool is
-collected) destroys every idle sandbox and waits for the starts in flight, so nothing the pool
-started outlives it. Sandboxes runs took are the runs' to clean up, as before.
+A run's sandbox is ended as before when the run ends (a container in the background: removing
+it takes longer than a fast run, see `discard`). `close()` (the `RLM`'s `close()`, and a backstop at
+interpreter exit or when the pool is collected) destroys every idle sandbox and waits for the
+starts and ends in flight, so nothing the pool started outlives it.
 
 Environment keywords (read here, not passed to the environment):
   pool: True / False; default: on for `process` and `docker`, off for the paid cloud sandboxes
@@ -118,13 +119,17 @@ class _PoolState:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.slots: dict[str, _Slot] = {}
+        self.ending: set[concurrent.futures.Future[None]] = set()  # used sandboxes being ended
         self.closed = False
 
     def close(self, timeout: float = 120.0) -> None:
         with self.lock:
             self.closed = True
             idle = [env for slot in self.slots.values() for env in slot.ready]
-            pending = [fut for slot in self.slots.values() for fut in slot.pending]
+            pending: list[concurrent.futures.Future[Any]] = [
+                fut for slot in self.slots.values() for fut in slot.pending
+            ]
+            pending += self.ending
             for slot in self.slots.values():
                 slot.ready.clear()
         for env in idle:
@@ -179,6 +184,34 @@ class SandboxPool:
             raise
         env._on_cleanup = lambda: self._release(slot)
         return env
+
+    def discard(self, env: BaseEnv) -> None:
+        """End a run's environment. A container is ended in the background (removing it takes
+        longer than a fast run, and its files go with it), so the run returns at once; `close()`
+        waits for it. Others are cleaned up here, as without a pool: a `process` sandbox's
+        files in the host's /tmp must be gone before the next run starts."""
+        state = self._state
+        from rlm.environments.isolated import IsolatedEnv
+
+        if not isinstance(env, IsolatedEnv) or not env.end_in_background or state.closed:
+            env.cleanup()
+            return
+        release, env._on_cleanup = env._on_cleanup, None
+        if release is not None:
+            release()  # the run is over: the sandbox no longer counts as in use
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def end() -> None:
+            try:
+                env.cleanup()
+            finally:
+                with state.lock:
+                    state.ending.discard(done)
+                done.set_result(None)
+
+        with state.lock:
+            state.ending.add(done)
+        threading.Thread(target=end, name="rlm-pool-discard", daemon=True).start()
 
     def close(self) -> None:
         """Destroy every idle sandbox and wait for the starts in flight. Idempotent."""
