@@ -15,7 +15,9 @@ Isolation is unchanged, because a pooled sandbox is fresh, not recycled:
 
 Sizing follows use: the pool keeps as many warm as the most sandboxes in use at once during the
 last burst of work (a burst ends when none is in use; the root of a completion plus the width of
-its widest `rlm_query_batched`, for instance), at least one, at most `pool_size` (default 16).
+its widest `rlm_query_batched`, for instance), plus one for each run that came while none was
+ready (runs arriving faster than sandboxes start; one fewer after each burst without such a
+wait), at least one, at most `pool_size` (default 16).
 Each `acquire` starts replacements in the background. When a background start fails, the run
 starts its sandbox directly, as without a pool, and a warning says why; after two failures in a
 row the pool stops warming that configuration (runs then start theirs directly, as without it).
@@ -108,8 +110,11 @@ class _Slot:
     started: int = 0  # sandboxes started in the background (for tests and reports)
     direct: int = 0  # ... and directly, for a run the pool had none for
 
+    extra: int = 0  # more to keep, as runs came faster than starts
+    short: bool = False  # whether a run of the current burst had to wait for a start
+
     def target(self) -> int:
-        return min(self.size, max(1, self.peak, self.last_peak))
+        return min(self.size, max(1, self.peak, self.last_peak) + self.extra)
 
 
 class _PoolState:
@@ -176,6 +181,9 @@ class SandboxPool:
                 warm = slot.ready.popleft()
             elif slot.pending:
                 warm = slot.pending.popleft()
+                if slot.last_peak:  # not the first burst: runs come faster than starts
+                    slot.short = True
+                    slot.extra = min(slot.size, slot.extra + 1)
             self._refill(slot)  # and its replacement
         try:
             env = self._bind(slot, warm, run)
@@ -284,6 +292,9 @@ class SandboxPool:
             slot.in_use -= 1
             if slot.in_use == 0:
                 slot.last_peak, slot.peak = slot.peak, 0
+                if not slot.short:
+                    slot.extra = max(0, slot.extra - 1)
+                slot.short = False
                 while len(slot.ready) > slot.target():
                     extra.append(slot.ready.pop())
         for env in extra:
