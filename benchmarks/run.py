@@ -602,7 +602,8 @@ def _settle(rlm: RLM, seconds: float = 60.0) -> None:
     a pause. A no-op without a pool."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if all(s["ready"] >= s["target"] and not s["starting"] for s in rlm._sandboxes.stats()):
+        stats = rlm._sandboxes.stats()
+        if all(s["ready"] >= s["target"] and not s["starting"] + s["ending"] for s in stats):
             return
         time.sleep(0.02)
 

@@ -227,10 +227,12 @@ class SandboxPool:
 
     def stats(self) -> list[dict[str, int]]:
         """Per configuration: sandboxes ready, starting and in use, the target, and how many
-        were started in the background and directly."""
+        were started in the background and directly; and used sandboxes still being ended."""
         with self._state.lock:
+            ending = len(self._state.ending)
             return [
                 {
+                    "ending": ending,
                     "ready": len(s.ready),
                     "starting": len(s.pending),
                     "in_use": s.in_use,
