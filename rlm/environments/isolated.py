@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from rlm.core.types import Message, REPLResult
-from rlm.environments.base import BaseEnv, HandlerEndpoint, ToolSpec
+from rlm.environments.base import BaseEnv, HandlerEndpoint
 from rlm.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -229,8 +229,9 @@ class IsolatedEnv(BaseEnv):
     reaper_scope: str | None = None
 
     def __init__(self, *, prestart: bool = False, **kwargs: Any) -> None:
-        """Start the sandbox. With `prestart=True` (the warm pool's) the worker is started but
-        not greeted: it waits, running no code, until `bind()` gives it a run."""
+        """Start the sandbox. With `prestart=True` (the warm pool's) the worker is started and
+        greeted (limits, depth, tool specs: the configuration, nothing of a run) but runs no
+        cell and loads no context until `bind()` gives it to one run."""
         accepted = BASE_KWARGS + LIMIT_KWARGS + self.extra_kwargs
         unknown = sorted(set(kwargs) - set(accepted))
         if unknown:
@@ -289,32 +290,22 @@ class IsolatedEnv(BaseEnv):
                 name=f"rlm-{self.name}-reader",
                 daemon=True,
             ).start()
-            if not prestart:
-                self._hello()
+            self._hello()
         except BaseException:
             self.cleanup()
             raise
 
-    def bind(
-        self,
-        *,
-        handler: HandlerEndpoint | None = None,
-        depth: int = 0,
-        tools: Mapping[str, ToolSpec] | None = None,
-    ) -> None:
-        """Give a pre-started sandbox to one run: its handler session, depth and tools go to
-        the worker in the hello, which also sets the worker's limits. Once only: a sandbox
-        never serves a second run."""
+    def bind(self, *, handler: HandlerEndpoint | None = None) -> None:
+        """Give a pre-started sandbox to one run: the run's handler session, which stays on
+        the host (the relay's connection), is all that was missing. Once only: a sandbox never
+        serves a second run."""
         with self._state_lock:
             if self._bound:
                 raise SandboxError("this sandbox is already bound to a run")
             self._bound = True
         self.handler = handler
-        self.depth = depth
-        self.tools = dict(tools or {})
         try:
             self._check_usable()
-            self._hello()
         except BaseException:
             self.cleanup()
             raise

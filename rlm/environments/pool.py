@@ -3,14 +3,16 @@
 Starting a sandbox (a worker process, a container) costs far more than a model turn on a fast
 model, and every completion and every child RLM of `rlm_query` needs its own. An `RLM` keeps a
 `SandboxPool`: per environment kind and configuration (the environment keywords that shape the
-sandbox: image, limits, user, confinement, ...) it keeps sandboxes started with
-`IsolatedEnv(prestart=True)` waiting, and a run takes one (`acquire`) instead of starting its own.
+sandbox: image, limits, user, confinement, ...; and the depth and tool specs, which differ
+between a root and its children) it keeps sandboxes started with `IsolatedEnv(prestart=True)`
+waiting, and a run takes one (`acquire`) instead of starting its own.
 
 Isolation is unchanged, because a pooled sandbox is fresh, not recycled:
-- its worker was started, with a channel token of its own, and then left waiting for its hello:
-  it has run no code of anyone's and holds no context, handler session or tool;
-- `acquire` binds it to exactly one run (`IsolatedEnv.bind`: the run's handler session, depth
-  and tools go in the hello, which also sets the worker's limits); a sandbox is bound once;
+- its worker was started, with a channel token of its own, and had its hello: the limits, its
+  depth and the RLM's tool specs (configuration, the same for every run). It has run no cell,
+  loaded no context, and has no handler session: its requests could reach no model;
+- `acquire` binds it to exactly one run (`IsolatedEnv.bind`: the run's handler session, which
+  stays on the host); a sandbox is bound once, and refuses cells and contexts until then;
 - a used sandbox is destroyed by its run as before (`cleanup`); it never returns to the pool.
 
 Sizing follows use: the pool keeps as many warm as the most sandboxes in use at once during the
@@ -53,7 +55,7 @@ if TYPE_CHECKING:  # imported when a sandbox is pooled: `import rlm` stays light
     from rlm.environments.isolated import IsolatedEnv
 
 POOL_KWARGS = ("pool", "pool_size")
-RUN_KWARGS = ("handler", "depth", "tools")  # what binds a sandbox to one run
+RUN_KWARGS = ("handler",)  # what binds a sandbox to one run: its handler session
 DEFAULT_POOL_SIZE = 16
 _MAX_FAILURES = 2  # background starts failing in a row before the pool stops warming
 
