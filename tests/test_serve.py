@@ -109,16 +109,16 @@ class Server:
         return found
 
     def busy_children(self) -> set[int]:
-        """The sandboxes that serve a run, not those the warm pool keeps waiting: a worker
-        sets its address-space limit once its run's hello arrives."""
+        """The sandboxes running a cell that sleeps, not those the warm pool keeps waiting
+        for a run: a thread of theirs sleeps in the kernel's nanosleep."""
         found = set()
         for pid in self.children():
             try:
-                limits = Path(f"/proc/{pid}/limits").read_text()
+                tasks = list(Path(f"/proc/{pid}/task").iterdir())
+                if any("nanosleep" in (task / "wchan").read_text() for task in tasks):
+                    found.add(pid)
             except OSError:
                 continue
-            if re.search(r"Max address space\s+\d", limits):
-                found.add(pid)
         return found
 
 
