@@ -140,7 +140,7 @@ def test_a_cancelled_call_stops_its_run_and_sandbox(sim: ProviderSimulator, tmp_
         call = asyncio.ensure_future(
             session.call_tool("rlm_completion", {"question": "SLEEP", "context": "c"})
         )
-        sandboxes = await _until(lambda: _children(_server_pid()), "a sandbox process")
+        sandboxes = await _until(lambda: _sleeping(_children(_server_pid())), "a sandbox process")
         call.cancel()  # the client abandons the call: the SDK sends notifications/cancelled
         await asyncio.gather(call, return_exceptions=True)
         await _until(lambda: not (_children(_server_pid()) & sandboxes), "the sandbox to end")
@@ -172,6 +172,20 @@ def _children(parent: int) -> set[int]:
                 continue
             if int(fields[1]) == parent and fields[0] != "Z":
                 found.add(int(entry.name))
+    return found
+
+
+def _sleeping(pids: set[int]) -> set[int]:
+    """The sandboxes running a cell that sleeps, not those the warm pool keeps waiting for a
+    run: a thread of theirs sleeps in the kernel's nanosleep."""
+    found = set()
+    for pid in pids:
+        try:
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+            if any("nanosleep" in (task / "wchan").read_text() for task in tasks):
+                found.add(pid)
+        except OSError:
+            continue
     return found
 
 

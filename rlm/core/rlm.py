@@ -44,7 +44,7 @@ from rlm.core.types import (
     UsageLedger,
     _serialize_value,
 )
-from rlm.environments import environment_class
+from rlm.environments import environment_class, get_environment
 from rlm.environments.base import BaseEnv, ToolSpec
 from rlm.environments.pool import SandboxPool, split_pool_kwargs
 from rlm.errors import (
@@ -590,7 +590,11 @@ class RLM(ReferenceInternals):
             "tools": specs,
         }
         try:
-            env = await to_thread(self._sandboxes.acquire, self.environment, kwargs)
+            direct = self._sandboxes.direct_kwargs(self.environment, kwargs)
+            if direct is None:
+                env = await to_thread(self._sandboxes.acquire, self.environment, kwargs)
+            else:  # through the module-level seam, so a patched get_environment is used
+                env = await to_thread(get_environment, self.environment, direct)
         except BaseException:
             self.handler.close_session(session)
             raise

@@ -157,6 +157,12 @@ class SandboxPool:
     def closed(self) -> bool:
         return self._state.closed
 
+    def direct_kwargs(self, environment: str, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
+        """None when `acquire` serves this environment from the pool; otherwise the keywords
+        to start it directly with (the pool's own switches taken out)."""
+        config, size = split_pool_kwargs(environment, kwargs)
+        return None if size > 0 and not self._state.closed else config
+
     def acquire(self, environment: str, kwargs: Mapping[str, Any]) -> BaseEnv:
         """An environment for one run: a warm sandbox bound to it when the pool has (or is
         starting) one, else one started directly. `kwargs` are the run's environment keywords,
