@@ -94,7 +94,8 @@ def test_a_root_host_runs_the_worker_as_nobody_with_binding_rlimits(env: Process
     )
     assert out == f"{[2**30, 0, 256]}\n"
     # The worker cannot touch the host's staging dir, nor another user's files.
-    stage = env._stage_dir
+    assert env._staging is not None
+    stage = env._staging.path
     result = env.execute(f"open({str(stage)!r} + '/x', 'w')")
     assert result.error is not None and result.error.startswith("PermissionError")
 
@@ -323,8 +324,8 @@ def test_a_forked_child_that_finishes_the_cell_never_replies(env: ProcessREPL) -
 
 
 def test_large_contexts_are_staged_once_and_removed(env: ProcessREPL) -> None:
-    stage = env._stage_dir
-    assert stage is not None
+    assert env._staging is not None
+    stage = env._staging.path
     value = "é" * (2**20)  # over the inline limit once encoded
     env.load_context(value)
     assert list(stage.iterdir()) == []  # the host removed the file after the load

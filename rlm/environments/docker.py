@@ -22,12 +22,11 @@ import os
 import secrets
 import socket
 import struct
-import threading
-from pathlib import Path
 from typing import Any, ClassVar
 
 from rlm._optional import require
-from rlm.environments.isolated import IsolatedEnv, OutputTail, Transport
+from rlm.environments.isolated import IsolatedEnv, Transport
+from rlm.environments.sandbox_parts import HostStage, SandboxTransport, keyword_names, quietly
 from rlm.errors import ConfigurationError, SandboxError
 from rlm.runtime.bundle import WORKER_MODULE, bundle_dir
 from rlm.runtime.worker import write_all
@@ -55,20 +54,18 @@ def docker_client(timeout: float = 60.0) -> Any:
     return client
 
 
-class DockerTransport(Transport):
+class DockerTransport(SandboxTransport):
     """The container's attached stdin/stdout stream; kill = force-remove the container."""
 
     def __init__(self, client: Any, container: Any, sock: Any) -> None:
+        super().__init__()
         self._client = client
         self._container = container
         self._sock: socket.socket = getattr(sock, "_sock", sock)
         self._sock.settimeout(None)  # the SDK's HTTP timeout must not end a quiet session
         self._keep = sock  # the SDK object owns the HTTP response; keep it alive
         self._buf = bytearray()
-        self._lock = threading.Lock()
-        self._killed = False
         self._state: dict[str, Any] | None = None
-        self._tail = OutputTail()
         self.container_id: str = container.id
 
     def write(self, data: bytes) -> None:
@@ -110,19 +107,13 @@ class DockerTransport(Transport):
                 self._state = dict(self._container.attrs.get("State") or {})
         return self._state
 
-    def kill(self) -> None:
-        with self._lock:
-            if self._killed:
-                return
-            self._killed = True
-        with contextlib.suppress(Exception):
-            self._container.remove(force=True)
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(OSError):
-            self._sock.close()
-        with contextlib.suppress(Exception):
-            self._client.close()
+    def _end(self) -> None:
+        quietly(
+            lambda: self._container.remove(force=True),
+            lambda: self._sock.shutdown(socket.SHUT_RDWR),
+            self._sock.close,
+            self._client.close,
+        )
 
     def describe_exit(self) -> str:
         if self._killed and self._state is None:
@@ -135,9 +126,6 @@ class DockerTransport(Transport):
         if state.get("Running"):
             return "the container is still running"
         return f"the container exited with status {state.get('ExitCode')}"
-
-    def diagnostics(self) -> str:
-        return self._tail.text()
 
 
 def _parse_user(user: str) -> tuple[int, int] | None:
@@ -157,15 +145,6 @@ class DockerREPL(IsolatedEnv):
     """
 
     name: ClassVar[str] = "docker"
-    extra_kwargs: ClassVar[tuple[str, ...]] = (
-        "image",
-        "cpus",
-        "pids_limit",
-        "tmpfs_mb",
-        "user",
-        "init",
-        "python",
-    )
     default_start_timeout: ClassVar[float] = 60.0
     pool_by_default: ClassVar[bool] = True
     end_in_background: ClassVar[bool] = True  # its files die with the container
@@ -196,8 +175,10 @@ class DockerREPL(IsolatedEnv):
         self.init = init
         self.python = python
         self.container_id: str | None = None
-        self._stage_dir: Path | None = None
+        self._staging: HostStage | None = None
         super().__init__(**kwargs)
+
+    extra_kwargs: ClassVar[tuple[str, ...]] = keyword_names(__init__)
 
     def _launch(self) -> Transport:
         docker = require("docker", extra="docker")
@@ -214,8 +195,7 @@ class DockerREPL(IsolatedEnv):
             client.close()
             raise SandboxError(f"Docker failed: {exc}") from exc
         stage = self.make_host_dir("rlm-docker-")
-        os.chmod(stage, 0o711)  # files are read by exact name; nothing can be listed or added
-        self._stage_dir = stage
+        self._staging = HostStage(stage)
         memory = (self.memory_mb or 1024) + self.tmpfs_mb + 256
         environment = {
             **self.worker_env(),
@@ -276,21 +256,13 @@ class DockerREPL(IsolatedEnv):
         return DockerTransport(client, container, sock)
 
     def _stage(self, name: str, data: bytes) -> tuple[str, bool]:
-        assert self._stage_dir is not None
-        path = self._stage_dir / name
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-        fd = os.open(path, flags, 0o600)
-        try:
-            os.fchmod(fd, 0o644)
-            write_all(fd, data)
-        finally:
-            os.close(fd)
+        assert self._staging is not None
+        self._staging.write(name, data)
         return f"{_STAGE_MOUNT}/{name}", False
 
     def _unstage(self, path: str) -> None:
-        assert self._stage_dir is not None
-        with contextlib.suppress(OSError):
-            os.unlink(self._stage_dir / Path(path).name)
+        assert self._staging is not None
+        self._staging.remove(path)
 
 
 def sandbox_containers(client: Any | None = None, *, host_pid: int | None = None) -> list[str]:

@@ -33,14 +33,15 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from rlm.environments.confine import ConfinementUnavailable, SandboxCgroup, UidLease
-from rlm.environments.isolated import IsolatedEnv, OutputTail, Transport, scrubbed_env
+from rlm.environments.isolated import IsolatedEnv, Transport, scrubbed_env
+from rlm.environments.sandbox_parts import HostStage, SandboxTransport, keyword_names
 from rlm.errors import ConfigurationError, SandboxError
 from rlm.runtime.bundle import WORKER_MODULE, bundle_dir
 from rlm.runtime.procgroup import end_tree
 from rlm.runtime.worker import write_all
 
 
-class ProcessTransport(Transport):
+class ProcessTransport(SandboxTransport):
     """The worker's stdin/stdout pipes; kill = SIGKILL to its whole process group."""
 
     def __init__(
@@ -54,9 +55,7 @@ class ProcessTransport(Transport):
         cgroup: SandboxCgroup | None = None,
         lease: UidLease | None = None,
     ) -> None:
-        self._lock = threading.Lock()
-        self._killed = False
-        self._tail = OutputTail()
+        super().__init__()
         self.cgroup = cgroup
         self.lease = lease
         self.proc = subprocess.Popen(
@@ -112,11 +111,7 @@ class ProcessTransport(Transport):
         except OSError:
             return b""
 
-    def kill(self) -> None:
-        with self._lock:
-            if self._killed:
-                return
-            self._killed = True
+    def _end(self) -> None:
         if self.cgroup is not None:
             # Everything in the sandbox's cgroup, however it left the group and the tree.
             self.cgroup.kill()
@@ -149,9 +144,6 @@ class ProcessTransport(Transport):
             with contextlib.suppress(ValueError):
                 return f"the worker was killed by {signal.Signals(-code).name}"
         return f"the worker exited with status {code}"
-
-    def diagnostics(self) -> str:
-        return self._tail.text()
 
 
 def _runnable_by_others(path: str) -> bool:
@@ -203,7 +195,6 @@ class ProcessREPL(IsolatedEnv):
     """
 
     name: ClassVar[str] = "process"
-    extra_kwargs: ClassVar[tuple[str, ...]] = ("python", "user", "confine")
     default_max_processes: ClassVar[int | None] = 128
     default_start_timeout: ClassVar[float] = 30.0
     pool_by_default: ClassVar[bool] = True
@@ -223,10 +214,12 @@ class ProcessREPL(IsolatedEnv):
         self._python_option = python
         self._user_option = user
         self._confine = confine
-        self._stage_dir: Path | None = None
+        self._staging: HostStage | None = None
         self.pgid: int | None = None
         self.confinement: dict[str, Any] = {}
         super().__init__(**kwargs)
+
+    extra_kwargs: ClassVar[tuple[str, ...]] = keyword_names(__init__)
 
     def pool_refusal(self) -> str | None:
         """A worker that shares its uid with other sandboxes could be reached, while it waits,
@@ -358,11 +351,10 @@ class ProcessREPL(IsolatedEnv):
         work.mkdir()
         stage.mkdir()
         os.chmod(root, 0o711)
-        os.chmod(stage, 0o711)  # the worker may read a staged file by name, never change it
+        self._staging = HostStage(stage)  # the worker reads a staged file by name, no more
         if uid is not None and gid is not None:
             os.chown(work, uid, gid)
         os.chmod(work, 0o700)
-        self._stage_dir = stage
         env = scrubbed_env({**self.worker_env(), "PYTHONPATH": str(bundle_dir())}, home=str(work))
         argv = [python, "-s", "-m", WORKER_MODULE]
         try:
@@ -375,17 +367,9 @@ class ProcessREPL(IsolatedEnv):
         return transport
 
     def _stage(self, name: str, data: bytes) -> tuple[str, bool]:
-        assert self._stage_dir is not None
-        path = self._stage_dir / name
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-        fd = os.open(path, flags, 0o600)
-        try:
-            os.fchmod(fd, 0o644)  # whatever the umask: the sandbox user must read it
-            write_all(fd, data)
-        finally:
-            os.close(fd)
-        return str(path), False
+        assert self._staging is not None
+        return str(self._staging.write(name, data)), False
 
     def _unstage(self, path: str) -> None:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+        assert self._staging is not None
+        self._staging.remove(path)
