@@ -18,35 +18,34 @@ sandbox gets only the channel token and Python settings in its environment.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import queue
 import secrets
 import threading
 from typing import Any, ClassVar
 
-from rlm._optional import require
-from rlm.environments.isolated import IsolatedEnv, OutputTail, Transport
-from rlm.errors import ConfigurationError, SandboxError
-from rlm.runtime.bundle import WORKER_MODULE, bundle_files
+from rlm.environments.cloud import CloudSandboxEnv, CloudTransport, require_int, text_chunk
+from rlm.environments.isolated import Transport
+from rlm.environments.sandbox_parts import keyword_names, quietly
+from rlm.errors import ConfigurationError
+from rlm.runtime.bundle import WORKER_MODULE
 
-_WRITE_CHUNK = 1 << 20
 _CLOSED = None  # the log stream ended
 
 
-class DaytonaTransport(Transport):
+class DaytonaTransport(CloudTransport):
     """An async session command's input and log stream; kill = delete the sandbox.
 
     The SDK offers the log stream only as a coroutine with callbacks, so it runs on its own
     thread and event loop, handing stdout chunks to `read` through a queue."""
 
+    label = "Daytona"
+
     def __init__(self, sandbox: Any, session_id: str, command_id: str) -> None:
+        super().__init__()
         self.sandbox = sandbox
         self.session_id = session_id
         self.command_id = command_id
         self._chunks: queue.Queue[str | None] = queue.Queue()
-        self._lock = threading.Lock()
-        self._killed = False
-        self._tail = OutputTail()
         threading.Thread(target=self._follow, name="rlm-daytona-logs", daemon=True).start()
 
     def _follow(self) -> None:
@@ -61,16 +60,10 @@ class DaytonaTransport(Transport):
         finally:
             self._chunks.put(_CLOSED)
 
-    def write(self, data: bytes) -> None:
-        if self._killed:
-            raise BrokenPipeError("the Daytona sandbox is gone")
-        try:
-            for i in range(0, len(data), _WRITE_CHUNK):
-                self.sandbox.process.send_session_command_input(
-                    self.session_id, self.command_id, data[i : i + _WRITE_CHUNK].decode("ascii")
-                )
-        except Exception as exc:  # SDK errors: the sandbox is unreachable
-            raise BrokenPipeError(f"writing to the Daytona sandbox failed: {exc}") from exc
+    def _send(self, chunk: bytes) -> None:
+        self.sandbox.process.send_session_command_input(
+            self.session_id, self.command_id, chunk.decode("ascii")
+        )
 
     def read(self) -> bytes:
         while True:
@@ -79,22 +72,14 @@ class DaytonaTransport(Transport):
                 self._chunks.put(_CLOSED)  # every later read sees the end too
                 return b""
             if chunk:
-                return chunk.encode("ascii", "replace")  # base64 lines: anything else is corrupt
+                return text_chunk(chunk)
 
-    def kill(self) -> None:
-        with self._lock:
-            if self._killed:
-                return
-            self._killed = True
-        with contextlib.suppress(Exception):
-            self.sandbox.delete()
+    def _end(self) -> None:
+        quietly(self.sandbox.delete)
         self._chunks.put(_CLOSED)
 
-    def diagnostics(self) -> str:
-        return self._tail.text()
 
-
-class DaytonaREPL(IsolatedEnv):
+class DaytonaREPL(CloudSandboxEnv):
     """The sandbox runtime in a Daytona sandbox (see the module docstring).
 
     Extra keywords: `api_key` (default: DAYTONA_API_KEY), `target` (region, e.g. "us"),
@@ -105,21 +90,8 @@ class DaytonaREPL(IsolatedEnv):
     """
 
     name: ClassVar[str] = "daytona"
-    extra_kwargs: ClassVar[tuple[str, ...]] = (
-        "api_key",
-        "target",
-        "snapshot",
-        "image",
-        "cpu",
-        "memory",
-        "disk",
-        "name",
-        "auto_stop_interval",
-        "network_block_all",
-        "sandbox_timeout",
-    )
-    default_start_timeout: ClassVar[float] = 300.0
-    base64_lines: ClassVar[bool] = True
+    label = "Daytona"
+    sdk = ("daytona", "daytona", None)
 
     def __init__(
         self,
@@ -141,78 +113,65 @@ class DaytonaREPL(IsolatedEnv):
             raise ConfigurationError(
                 "give the Daytona environment a snapshot or an image, not both"
             )
-        if image is None and any(v is not None for v in (cpu, memory, disk)):
+        resources = {"cpu": cpu, "memory": memory, "disk": disk}
+        if image is None and any(v is not None for v in resources.values()):
             raise ConfigurationError(
                 "cpu, memory and disk apply to a Daytona sandbox built from an image: pass image="
             )
-        if isinstance(auto_stop_interval, bool) or not isinstance(auto_stop_interval, int):
-            raise ConfigurationError("auto_stop_interval must be an int of minutes (0: never)")
-        self.api_key = api_key
-        self.target = target
-        self.snapshot = snapshot
+        require_int("auto_stop_interval", auto_stop_interval, " of minutes (0: never)")
+        # The client's settings (None: the SDK's own, from DAYTONA_API_KEY and the like).
+        self.client_settings: dict[str, Any] | None = None
+        if api_key is not None or target is not None:
+            self.client_settings = {
+                k: v for k, v in (("api_key", api_key), ("target", target)) if v
+            }
+        # What the create-sandbox parameters hold besides the environment and the image.
+        self.create_options: dict[str, Any] = {
+            "labels": {"rlm": "sandbox"},
+            "auto_stop_interval": auto_stop_interval,
+            "network_block_all": network_block_all,
+        }
+        if name is not None:
+            self.create_options["name"] = name
+        if snapshot is not None:
+            self.create_options["snapshot"] = snapshot
         self.image = image
-        self.resources = {"cpu": cpu, "memory": memory, "disk": disk}
-        self.sandbox_name = name
-        self.auto_stop_interval = auto_stop_interval
-        self.network_block_all = network_block_all
+        self.resources = {k: v for k, v in resources.items() if v is not None}
         self.sandbox_timeout = sandbox_timeout
         self.client: Any = None
         self.sandbox: Any = None
-        self._root = f"/tmp/rlm-{secrets.token_hex(4)}"
         super().__init__(**kwargs)
 
-    def _params(self, daytona: Any, env: dict[str, str]) -> Any:
-        options: dict[str, Any] = {
-            "env_vars": env,
-            "labels": {"rlm": "sandbox"},
-            "auto_stop_interval": self.auto_stop_interval,
-            "network_block_all": self.network_block_all,
-        }
-        if self.sandbox_name is not None:
-            options["name"] = self.sandbox_name
+    extra_kwargs: ClassVar[tuple[str, ...]] = keyword_names(__init__)
+
+    def _params(self, daytona: Any) -> Any:
+        options = {"env_vars": self.sandbox_env(), **self.create_options}
         if self.image is None:
-            if self.snapshot is not None:
-                options["snapshot"] = self.snapshot
             return daytona.CreateSandboxFromSnapshotParams(**options)
-        resources = {k: v for k, v in self.resources.items() if v is not None}
-        if resources:
-            options["resources"] = daytona.Resources(**resources)
+        if self.resources:
+            options["resources"] = daytona.Resources(**self.resources)
         return daytona.CreateSandboxFromImageParams(image=self.image, **options)
 
-    def _launch(self) -> Transport:
-        daytona = require("daytona", extra="daytona")
-        bundle = f"{self._root}/bundle"
-        env = {**self.worker_env(), "PYTHONPATH": bundle, "HOME": self._root, "TMPDIR": self._root}
-        try:
-            config = None
-            if self.api_key is not None or self.target is not None:
-                settings = {"api_key": self.api_key, "target": self.target}
-                config = daytona.DaytonaConfig(**{k: v for k, v in settings.items() if v})
-            self.client = daytona.Daytona(config)
-            self.sandbox = self.client.create(
-                self._params(daytona, env), timeout=self.sandbox_timeout
-            )
-            for name, data in bundle_files().items():
-                self.sandbox.fs.upload_file(data, f"{bundle}/{name}")
-            session_id = f"rlm-{secrets.token_hex(8)}"
-            self.sandbox.process.create_session(session_id)
-            request = daytona.SessionExecuteRequest(
-                command=f"cd {self._root} && exec python3 -s -m {WORKER_MODULE}",
-                run_async=True,
-                suppress_input_echo=True,  # the channel's own frames must not come back
-            )
-            command_id = self.sandbox.process.execute_session_command(session_id, request).cmd_id
-        except Exception as exc:
-            if self.sandbox is not None:
-                with contextlib.suppress(Exception):
-                    self.sandbox.delete()
-            raise SandboxError(f"could not start the Daytona sandbox: {exc}") from exc
+    def _open(self, daytona: Any) -> Transport:
+        config = None
+        if self.client_settings is not None:
+            config = daytona.DaytonaConfig(**self.client_settings)
+        self.client = daytona.Daytona(config)
+        self.sandbox = self.client.create(self._params(daytona), timeout=self.sandbox_timeout)
+        self.upload_bundle()
+        session_id = f"rlm-{secrets.token_hex(8)}"
+        self.sandbox.process.create_session(session_id)
+        request = daytona.SessionExecuteRequest(
+            command=f"cd {self.root} && exec python3 -s -m {WORKER_MODULE}",
+            run_async=True,
+            suppress_input_echo=True,  # the channel's own frames must not come back
+        )
+        command_id = self.sandbox.process.execute_session_command(session_id, request).cmd_id
         return DaytonaTransport(self.sandbox, session_id, command_id)
 
-    def _stage(self, name: str, data: bytes) -> tuple[str, bool]:
-        path = f"{self._root}/stage/{name}"
-        try:
-            self.sandbox.fs.upload_file(data, path)
-        except Exception as exc:
-            raise SandboxError(f"uploading to the Daytona sandbox failed: {exc}") from exc
-        return path, True
+    def _abandon(self) -> None:
+        if self.sandbox is not None:
+            quietly(self.sandbox.delete)
+
+    def _upload(self, path: str, data: bytes) -> None:
+        self.sandbox.fs.upload_file(data, path)

@@ -15,69 +15,43 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import secrets
-import threading
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-from rlm._optional import require
-from rlm.environments.isolated import IsolatedEnv, OutputTail, Transport
-from rlm.errors import ConfigurationError, SandboxError
-from rlm.runtime.bundle import WORKER_MODULE, bundle_files
-
-_WRITE_CHUNK = 1 << 20
+from rlm.environments.cloud import CloudSandboxEnv, CloudTransport, next_chunk, require_int
+from rlm.environments.isolated import Transport
+from rlm.environments.sandbox_parts import keyword_names, quietly
+from rlm.runtime.bundle import WORKER_MODULE
 
 
-class E2BTransport(Transport):
+class E2BTransport(CloudTransport):
     """A background command's stdin/stdout in an E2B sandbox; kill = kill the sandbox."""
 
+    label = "E2B"
+
     def __init__(self, sandbox: Any, handle: Any) -> None:
+        super().__init__()
         self.sandbox = sandbox
         self.handle = handle
         self._events: Iterator[Any] = iter(handle)
-        self._lock = threading.Lock()
-        self._killed = False
-        self._tail = OutputTail()
 
-    def write(self, data: bytes) -> None:
-        if self._killed:
-            raise BrokenPipeError("the E2B sandbox is gone")
-        try:
-            for i in range(0, len(data), _WRITE_CHUNK):
-                self.sandbox.commands.send_stdin(
-                    self.handle.pid, data[i : i + _WRITE_CHUNK].decode("ascii")
-                )
-        except Exception as exc:  # SDK errors: the sandbox is unreachable
-            raise BrokenPipeError(f"writing to the E2B sandbox failed: {exc}") from exc
+    def _send(self, chunk: bytes) -> None:
+        self.sandbox.commands.send_stdin(self.handle.pid, chunk.decode("ascii"))
 
     def read(self) -> bytes:
-        while True:
-            try:
-                stdout, stderr, _ = next(self._events)
-            except StopIteration:
-                return b""
-            except Exception:
-                return b""
+        while (event := next_chunk(self._events)) is not None:
+            stdout, stderr, _ = event
             if stderr:
                 self._tail.add(stderr)
             if stdout:
                 return str(stdout).encode("ascii", "replace")
+        return b""
 
-    def kill(self) -> None:
-        with self._lock:
-            if self._killed:
-                return
-            self._killed = True
-        with contextlib.suppress(Exception):
-            self.handle.kill()
-        with contextlib.suppress(Exception):
-            self.sandbox.kill()
-
-    def diagnostics(self) -> str:
-        return self._tail.text()
+    def _end(self) -> None:
+        quietly(self.handle.kill, self.sandbox.kill)
 
 
-class E2BREPL(IsolatedEnv):
+class E2BREPL(CloudSandboxEnv):
     """The sandbox runtime in an E2B sandbox (see the module docstring).
 
     Extra keywords: `template` ("base"; any template with python3 >= 3.11), `sandbox_timeout`
@@ -85,13 +59,8 @@ class E2BREPL(IsolatedEnv):
     """
 
     name: ClassVar[str] = "e2b"
-    extra_kwargs: ClassVar[tuple[str, ...]] = (
-        "template",
-        "sandbox_timeout",
-        "allow_internet_access",
-    )
-    default_start_timeout: ClassVar[float] = 300.0
-    base64_lines: ClassVar[bool] = True
+    label = "E2B"
+    sdk = ("e2b", "e2b", None)
 
     def __init__(
         self,
@@ -101,56 +70,39 @@ class E2BREPL(IsolatedEnv):
         allow_internet_access: bool = False,
         **kwargs: Any,
     ) -> None:
-        if isinstance(sandbox_timeout, bool) or not isinstance(sandbox_timeout, int):
-            raise ConfigurationError("sandbox_timeout must be an int of seconds")
-        self.template = template
-        self.sandbox_timeout = sandbox_timeout
-        self.allow_internet_access = allow_internet_access
+        require_int("sandbox_timeout", sandbox_timeout, " of seconds")
+        # What `e2b.Sandbox.create` gets.
+        self.create_options: dict[str, Any] = {
+            "template": template,
+            "timeout": sandbox_timeout,
+            "allow_internet_access": allow_internet_access,
+        }
         self.sandbox: Any = None
-        self._root = f"/tmp/rlm-{secrets.token_hex(4)}"
         super().__init__(**kwargs)
 
-    def _create_sandbox(self, e2b: Any) -> Any:
-        cls = e2b.Sandbox
-        options = {
-            "template": self.template,
-            "timeout": self.sandbox_timeout,
-            "allow_internet_access": self.allow_internet_access,
-        }
-        create = getattr(cls, "create", None)
-        return create(**options) if create is not None else cls(**options)
+    extra_kwargs: ClassVar[tuple[str, ...]] = keyword_names(__init__)
 
-    def _launch(self) -> Transport:
-        e2b = require("e2b", extra="e2b")
-        bundle = f"{self._root}/bundle"
-        env = {**self.worker_env(), "PYTHONPATH": bundle, "HOME": self._root, "TMPDIR": self._root}
-        try:
-            self.sandbox = self._create_sandbox(e2b)
-            for name, data in bundle_files().items():
-                self.sandbox.files.write(f"{bundle}/{name}", data)
-            run = self.sandbox.commands.run
-            options: dict[str, Any] = {
-                "background": True,
-                "stdin": True,
-                "envs": env,
-                "cwd": self._root,
-                "timeout": 0,  # the command lives as long as the sandbox
-            }
-            with contextlib.suppress(TypeError, ValueError):
-                if "retain_output" in inspect.signature(run).parameters:
-                    options["retain_output"] = False  # the channel is not kept in memory
-            handle = run(f"python3 -s -m {WORKER_MODULE}", **options)
-        except Exception as exc:
-            if self.sandbox is not None:
-                with contextlib.suppress(Exception):
-                    self.sandbox.kill()
-            raise SandboxError(f"could not start the E2B sandbox: {exc}") from exc
+    def _open(self, e2b: Any) -> Transport:
+        create = getattr(e2b.Sandbox, "create", None)  # older SDKs: the constructor
+        self.sandbox = (create or e2b.Sandbox)(**self.create_options)
+        self.upload_bundle()
+        run = self.sandbox.commands.run
+        options: dict[str, Any] = {
+            "background": True,
+            "stdin": True,
+            "envs": self.sandbox_env(),
+            "cwd": self.root,
+            "timeout": 0,  # the command lives as long as the sandbox
+        }
+        with contextlib.suppress(TypeError, ValueError):
+            if "retain_output" in inspect.signature(run).parameters:
+                options["retain_output"] = False  # the channel is not kept in memory
+        handle = run(f"python3 -s -m {WORKER_MODULE}", **options)
         return E2BTransport(self.sandbox, handle)
 
-    def _stage(self, name: str, data: bytes) -> tuple[str, bool]:
-        path = f"{self._root}/stage/{name}"
-        try:
-            self.sandbox.files.write(path, data)
-        except Exception as exc:
-            raise SandboxError(f"uploading to the E2B sandbox failed: {exc}") from exc
-        return path, True
+    def _abandon(self) -> None:
+        if self.sandbox is not None:
+            quietly(self.sandbox.kill)
+
+    def _upload(self, path: str, data: bytes) -> None:
+        self.sandbox.files.write(path, data)

@@ -21,18 +21,17 @@ import asyncio
 import contextlib
 import math
 import posixpath
-import secrets
 import threading
 from collections.abc import Coroutine
 from typing import Any, ClassVar, TypeVar
 
-from rlm._optional import require
-from rlm.environments.isolated import IsolatedEnv, OutputTail, Transport
-from rlm.errors import ConfigurationError, SandboxError
-from rlm.runtime.bundle import WORKER_MODULE, bundle_files
+from rlm.environments.cloud import CloudSandboxEnv, CloudTransport, require_int
+from rlm.environments.isolated import Transport
+from rlm.environments.sandbox_parts import keyword_names
+from rlm.errors import SandboxError
+from rlm.runtime.bundle import WORKER_MODULE
 
 T = TypeVar("T")
-_WRITE_CHUNK = 1 << 20
 _CLEANUP_SECONDS = 30.0
 
 
@@ -74,17 +73,17 @@ class _LoopThread:
             self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-class PrimeTransport(Transport):
+class PrimeTransport(CloudTransport):
     """A live process's stdin/stdout in a Prime sandbox; kill = delete the sandbox."""
 
+    label = "Prime"
+
     def __init__(self, runner: _LoopThread, client: Any, sandbox_id: str, process: Any) -> None:
+        super().__init__()
         self.runner = runner
         self.client = client
         self.sandbox_id = sandbox_id
         self.process = process
-        self._lock = threading.Lock()
-        self._killed = False
-        self._tail = OutputTail()
         runner.spawn(self._drain_stderr())
 
     async def _drain_stderr(self) -> None:
@@ -98,14 +97,8 @@ class PrimeTransport(Transport):
         except StopAsyncIteration:
             return b""
 
-    def write(self, data: bytes) -> None:
-        if self._killed:
-            raise BrokenPipeError("the Prime sandbox is gone")
-        try:
-            for i in range(0, len(data), _WRITE_CHUNK):
-                self.runner.call(self.process.write_stdin(data[i : i + _WRITE_CHUNK]))
-        except Exception as exc:  # SDK errors: the sandbox is unreachable
-            raise BrokenPipeError(f"writing to the Prime sandbox failed: {exc}") from exc
+    def _send(self, chunk: bytes) -> None:
+        self.runner.call(self.process.write_stdin(chunk))
 
     def read(self) -> bytes:
         while True:
@@ -116,31 +109,26 @@ class PrimeTransport(Transport):
             if data or self._killed:
                 return data
 
-    def kill(self) -> None:
-        with self._lock:
-            if self._killed:
-                return
-            self._killed = True
-        for step in (self.process.kill, self.process.aclose):
-            with contextlib.suppress(BaseException):
-                self.runner.call(step(), timeout=_CLEANUP_SECONDS)
-        with contextlib.suppress(BaseException):
-            self.runner.call(self.client.delete(self.sandbox_id), timeout=_CLEANUP_SECONDS)
+    def _end(self) -> None:
+        steps = [
+            self.process.kill,
+            self.process.aclose,
+            lambda: self.client.delete(self.sandbox_id),
+        ]
         closing = getattr(self.client, "aclose", None)
         if closing is not None:
+            steps.append(closing)
+        for step in steps:
             with contextlib.suppress(BaseException):
-                self.runner.call(closing(), timeout=_CLEANUP_SECONDS)
+                self.runner.call(step(), timeout=_CLEANUP_SECONDS)
         self.runner.close()
 
     def describe_exit(self) -> str:
         code = getattr(self.process, "returncode", None)
         return "" if code is None else f"the Prime sandbox's worker exited with status {code}"
 
-    def diagnostics(self) -> str:
-        return self._tail.text()
 
-
-class PrimeREPL(IsolatedEnv):
+class PrimeREPL(CloudSandboxEnv):
     """The sandbox runtime in a Prime Intellect sandbox (see the module docstring).
 
     Extra keywords: `api_key` (default: the SDK's config), `docker_image`
@@ -150,18 +138,9 @@ class PrimeREPL(IsolatedEnv):
     """
 
     name: ClassVar[str] = "prime"
-    extra_kwargs: ClassVar[tuple[str, ...]] = (
-        "api_key",
-        "docker_image",
-        "name",
-        "timeout_minutes",
-        "cpu_cores",
-        "memory_gb",
-        "network_access",
-        "region",
-        "team_id",
-    )
-    default_start_timeout: ClassVar[float] = 300.0
+    label = "Prime"
+    sdk = ("prime_sandboxes", "prime", "prime-sandboxes")
+    base64_lines = False  # the process's streams carry bytes: frames travel unchanged
 
     def __init__(
         self,
@@ -177,82 +156,67 @@ class PrimeREPL(IsolatedEnv):
         team_id: str | None = None,
         **kwargs: Any,
     ) -> None:
-        if isinstance(timeout_minutes, bool) or not isinstance(timeout_minutes, int):
-            raise ConfigurationError("timeout_minutes must be an int")
+        require_int("timeout_minutes", timeout_minutes)
         self.api_key = api_key
-        self.docker_image = docker_image
-        self.sandbox_name = name
-        self.timeout_minutes = timeout_minutes
-        self.cpu_cores = cpu_cores
         self.memory_gb = memory_gb
-        self.network_access = network_access
-        self.region = region
-        self.team_id = team_id
+        # What `CreateSandboxRequest` holds besides the memory (known once limits are).
+        self.request_options: dict[str, Any] = {
+            "name": name,
+            "docker_image": docker_image,
+            "cpu_cores": cpu_cores,
+            "timeout_minutes": timeout_minutes,
+            "labels": ["rlm"],
+        }
+        if not network_access:
+            self.request_options["network_allowlist"] = []  # nothing allowed out
+        for key, value in (("region", region), ("team_id", team_id)):
+            if value is not None:
+                self.request_options[key] = value
         self.client: Any = None
         self.sandbox_id: str | None = None
         self._runner: _LoopThread | None = None
-        self._root = f"/tmp/rlm-{secrets.token_hex(4)}"
         super().__init__(**kwargs)
+
+    extra_kwargs: ClassVar[tuple[str, ...]] = keyword_names(__init__)
 
     def _create_request(self, prime: Any) -> Any:
         memory = self.memory_gb
         if memory is None:  # the worker's address-space limit, plus room for the OS
             memory = float(max(1, math.ceil(((self.memory_mb or 1024) + 256) / 1024)))
-        options: dict[str, Any] = {
-            "name": self.sandbox_name,
-            "docker_image": self.docker_image,
-            "cpu_cores": self.cpu_cores,
-            "memory_gb": memory,
-            "timeout_minutes": self.timeout_minutes,
-            "labels": ["rlm"],
-        }
-        if not self.network_access:
-            options["network_allowlist"] = []  # nothing allowed out
-        for key in ("region", "team_id"):
-            if getattr(self, key) is not None:
-                options[key] = getattr(self, key)
-        return prime.CreateSandboxRequest(**options)
+        return prime.CreateSandboxRequest(memory_gb=memory, **self.request_options)
 
-    async def _start(self, prime: Any) -> tuple[Any, str, Any]:
+    async def _create(self, prime: Any) -> None:
         self.client = prime.AsyncSandboxClient(api_key=self.api_key)
         sandbox = await self.client.create(self._create_request(prime))
         self.sandbox_id = str(sandbox.id)
         await self.client.wait_for_creation(self.sandbox_id)
-        bundle = f"{self._root}/bundle"
-        for name, data in bundle_files().items():
-            path = f"{bundle}/{name}"
-            await self.client.upload_bytes(self.sandbox_id, path, data, posixpath.basename(path))
-        env = {**self.worker_env(), "PYTHONPATH": bundle, "HOME": self._root, "TMPDIR": self._root}
-        process = await self.client.open_process(
-            self.sandbox_id, f"python3 -s -m {WORKER_MODULE}", working_dir=self._root, env=env
+
+    def _open(self, prime: Any) -> Transport:
+        self._runner = runner = _LoopThread("rlm-prime")
+        runner.call(self._create(prime))
+        self.upload_bundle()
+        process = runner.call(
+            self.client.open_process(
+                self.sandbox_id,
+                f"python3 -s -m {WORKER_MODULE}",
+                working_dir=self.root,
+                env=self.sandbox_env(),
+            )
         )
-        return self.client, self.sandbox_id, process
+        assert self.sandbox_id is not None
+        return PrimeTransport(runner, self.client, self.sandbox_id, process)
 
-    async def _abandon(self) -> None:
-        """Delete a sandbox whose start failed half-way."""
+    def _abandon(self) -> None:
+        """Delete a sandbox whose start failed half-way, and end the loop."""
+        if self._runner is None:
+            return
         if self.client is not None and self.sandbox_id is not None:
-            with contextlib.suppress(Exception):
-                await self.client.delete(self.sandbox_id)
-
-    def _launch(self) -> Transport:
-        prime = require("prime_sandboxes", extra="prime", package="prime-sandboxes")
-        runner = _LoopThread("rlm-prime")
-        self._runner = runner
-        try:
-            client, sandbox_id, process = runner.call(self._start(prime))
-        except Exception as exc:
             with contextlib.suppress(BaseException):
-                runner.call(self._abandon(), timeout=_CLEANUP_SECONDS)
-            runner.close()
-            raise SandboxError(f"could not start the Prime sandbox: {exc}") from exc
-        return PrimeTransport(runner, client, sandbox_id, process)
+                self._runner.call(self.client.delete(self.sandbox_id), timeout=_CLEANUP_SECONDS)
+        self._runner.close()
 
-    def _stage(self, name: str, data: bytes) -> tuple[str, bool]:
-        path = f"{self._root}/stage/{name}"
+    def _upload(self, path: str, data: bytes) -> None:
         if self._runner is None or self.sandbox_id is None:
             raise SandboxError("the Prime sandbox is not running")
-        try:
-            self._runner.call(self.client.upload_bytes(self.sandbox_id, path, data, name))
-        except Exception as exc:
-            raise SandboxError(f"uploading to the Prime sandbox failed: {exc}") from exc
-        return path, True
+        name = posixpath.basename(path)
+        self._runner.call(self.client.upload_bytes(self.sandbox_id, path, data, name))
