@@ -654,6 +654,45 @@ def test_a_dead_worker_is_a_terminal_sandbox_error(kind: str, handler: LMHandler
         env.cleanup()
 
 
+RELEASE = {  # the SDK call that ends a sandbox, per kind
+    "modal": (FakeModalSandbox, "terminate"),
+    "e2b": (FakeE2BSandbox, "kill"),
+    "daytona": (FakeDaytonaSandbox, "delete"),
+    "prime": (FakePrimeClient, "delete"),
+}
+
+
+@pytest.mark.parametrize("kind", CLOUD)
+def test_a_sandbox_killed_from_many_threads_is_released_once(
+    kind: str, handler: LMHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader seeing EOF, a timeout, cleanup and an interrupt may all end a sandbox at
+    once: the SDK is asked to end it once, and nothing more is written to it."""
+    cls, method = RELEASE[kind]
+    release = getattr(cls, method)
+    calls: list[int] = []
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return release(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, method, counted)
+    env = make(kind, handler, timeout=20)
+    assert env.execute("print(1)").stdout == "1\n"
+    transport = env._transport
+    threads = [threading.Thread(target=transport.kill) for _ in range(8)]
+    threads.append(threading.Thread(target=env.cleanup))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert calls == [1]
+    with pytest.raises(BrokenPipeError, match="sandbox is gone"):
+        transport.write(b"x\n")
+    with pytest.raises(SandboxError):
+        env.execute("1")
+
+
 @pytest.mark.parametrize("kind", CLOUD)
 def test_a_missing_sdk_names_the_extra_to_install(
     kind: str, monkeypatch: pytest.MonkeyPatch
