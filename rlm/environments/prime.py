@@ -194,6 +194,7 @@ class PrimeREPL(CloudSandboxEnv):
     def _open(self, prime: Any) -> Transport:
         self._runner = runner = _LoopThread("rlm-prime")
         runner.call(self._create(prime))
+        assert self.sandbox_id is not None
         self.upload_bundle()
         process = runner.call(
             self.client.open_process(
@@ -203,7 +204,6 @@ class PrimeREPL(CloudSandboxEnv):
                 env=self.sandbox_env(),
             )
         )
-        assert self.sandbox_id is not None
         return PrimeTransport(runner, self.client, self.sandbox_id, process)
 
     def _abandon(self) -> None:
