@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from collections import defaultdict
@@ -14,9 +15,12 @@ import pytest
 
 from rlm import RLM
 from rlm.bench import generate, generate_tasks, oolong, oolong_pairs, oracle, scoring, sniah
+from rlm.bench.cli import add_arguments, bench_config
 from rlm.bench.runner import BenchConfig, format_table, run
 from rlm.bench.tasks import Task
 from rlm.cli import main as cli_main
+from rlm.commands import rlm_options
+from rlm.commands.rlm_options import backend_settings
 from rlm.core.types import Message
 from rlm.errors import ConfigurationError, ProviderError
 from rlm.logger import RLMLogger
@@ -525,10 +529,9 @@ def test_cli_bench_oracle_prints_table_and_writes_json(
 def test_runner_costs_and_table_with_prices() -> None:
     config = BenchConfig(
         benchmarks=["oolong"],
+        settings={"backend": "oracle", "backend_kwargs": {"prices": {"input": 1.0, "output": 4.0}}},
         lengths=[2048],
         n=3,
-        backend="oracle",
-        backend_kwargs={"prices": {"input": 1.0, "output": 4.0}},
     )
     results = run(config)
     (row,) = results.summary()
@@ -547,11 +550,9 @@ def test_runner_records_provider_failures_as_zero() -> None:
 
     config = BenchConfig(
         benchmarks=["sniah"],
+        settings=backend_settings("scripted", {"responses": broken}, model="broken"),
         lengths=[1024],
         n=1,
-        backend="scripted",
-        model="broken",
-        backend_kwargs={"responses": broken},
         plain=True,
     )
     (record,) = run(config).tasks
@@ -574,9 +575,9 @@ def test_cli_errors_and_lengths(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_results_config_masks_secrets() -> None:
     config = BenchConfig(
-        benchmarks=["sniah"], backend="openai", model="m", backend_kwargs={"api_key": "sk-123"}
+        benchmarks=["sniah"], settings=backend_settings("openai", {"api_key": "sk-123"}, model="m")
     )
-    assert config.to_dict()["backend_kwargs"] == {"api_key": "***"}
+    assert config.to_dict()["settings"]["backend_kwargs"] == {"api_key": "***", "model_name": "m"}
 
 
 def test_sub_model_gets_connection_settings_but_not_root_prices() -> None:
@@ -584,11 +585,137 @@ def test_sub_model_gets_connection_settings_but_not_root_prices() -> None:
 
     config = BenchConfig(
         benchmarks=["oolong"],
-        backend="vllm",
-        model="big",
-        backend_kwargs={"base_url": "http://h/v1", "prices": {"input": 9.0, "output": 9.0}},
-        sub_model="small",
+        settings=backend_settings(
+            "vllm",
+            {"base_url": "http://h/v1", "prices": {"input": 9.0, "output": 9.0}},
+            model="big",
+            sub_model="small",
+        ),
     )
     backends = Backends(config, "oolong")
-    assert backends.sub == ("vllm", {"base_url": "http://h/v1", "model_name": "small"})
-    assert backends.root_kwargs["prices"] == {"input": 9.0, "output": 9.0}
+    assert backends.settings["other_backends"] == ["vllm"]
+    assert backends.settings["other_backend_kwargs"] == [
+        {"base_url": "http://h/v1", "model_name": "small"}
+    ]
+    assert backends.settings["backend_kwargs"]["prices"] == {"input": 9.0, "output": 9.0}
+    assert (backends.root_model, backends.sub_model) == ("big", "small")
+    assert backends.plain == ("vllm", backends.settings["backend_kwargs"])
+
+
+def bench_args(*options: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(["oolong", *options])
+
+
+def test_backend_arg_and_older_backend_kwargs_give_the_same_settings() -> None:
+    new = bench_config(
+        bench_args(
+            "--backend",
+            "vllm",
+            "--model",
+            "big",
+            "--sub-model",
+            "small",
+            "--backend-arg",
+            "base_url=http://h/v1",
+            "--backend-arg",
+            'prices={"input": 2, "output": 3}',
+            "--sub-backend-arg",
+            "timeout=30",
+        )
+    )
+    old = bench_config(
+        bench_args(
+            "--backend",
+            "vllm",
+            "--model",
+            "big",
+            "--sub-model",
+            "small",
+            "--backend-kwargs",
+            '{"base_url": "http://h/v1", "prices": {"input": 2, "output": 3}}',
+            "--sub-backend-kwargs",
+            '{"timeout": 30}',
+        )
+    )
+    assert new.settings == old.settings
+    assert new.settings["backend_kwargs"] == {
+        "base_url": "http://h/v1",
+        "prices": {"input": 2, "output": 3},
+        "model_name": "big",
+    }
+    assert new.settings["other_backend_kwargs"] == [
+        {"base_url": "http://h/v1", "timeout": 30, "model_name": "small"}
+    ]
+    # Where both spellings name a key, --backend-arg wins.
+    both = bench_config(
+        bench_args(
+            "--backend",
+            "vllm",
+            "--model",
+            "m",
+            "--backend-kwargs",
+            '{"timeout": 1}',
+            "--backend-arg",
+            "timeout=2",
+        )
+    )
+    assert both.settings["backend_kwargs"]["timeout"] == 2
+
+
+def test_bench_and_run_map_options_to_the_same_rlm_settings() -> None:
+    from rlm.commands import run as run_command
+
+    common = [
+        "--backend",
+        "openai",
+        "--model",
+        "gpt-5",
+        "--sub-model",
+        "gpt-5-mini",
+        "--backend-arg",
+        "base_url=http://h/v1",
+        "-e",
+        "docker",
+        "--env-arg",
+        "timeout=30",
+        "--max-depth",
+        "2",
+        "--max-iterations",
+        "7",
+        "--max-budget",
+        "0.5",
+        "--max-timeout",
+        "60",
+        "--max-tokens",
+        "1000",
+        "--max-subcalls",
+        "9",
+        "--max-errors",
+        "3",
+        "--allow-unpriced-models",
+    ]
+    parser = argparse.ArgumentParser()
+    run_command.add_arguments(parser)
+    run_args = parser.parse_args(["-p", "q", *common])
+    bench = bench_config(bench_args(*common))
+    assert bench.settings == rlm_options.rlm_settings(run_args)
+    assert bench.settings["environment_kwargs"] == {"timeout": 30}
+    assert bench.settings["max_subcalls"] == 9
+
+
+def test_older_backend_kwargs_refuses_secrets_and_bad_json(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(ConfigurationError, match="secrets are not accepted"):
+        bench_config(
+            bench_args(
+                "--backend", "openai", "--model", "m", "--backend-kwargs", '{"api_key": "sk-abc"}'
+            )
+        )
+    with pytest.raises(SystemExit) as exited:
+        cli_main(
+            ["bench", "sniah", "--backend", "openai", "--model", "m", "--backend-kwargs", "[1]"]
+        )
+    assert exited.value.code == 2 and "expected a JSON object" in capsys.readouterr().err

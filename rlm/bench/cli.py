@@ -8,12 +8,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rlm.bench import BENCHMARKS
+from rlm.commands import rlm_options
+
+if TYPE_CHECKING:
+    from rlm.bench.runner import BenchConfig
 
 _LENGTH_RE = re.compile(r"^(\d+)([kKmM]?)$")
 _POWER_RE = re.compile(r"^2\^(\d+)$")
@@ -36,16 +39,6 @@ def parse_lengths(text: str) -> list[int]:
     return [parse_length(part) for part in text.split(",") if part.strip()]
 
 
-def parse_json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     names = [*BENCHMARKS, "all"]
     parser.add_argument(
@@ -53,55 +46,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="TASK",
         help=f"benchmark to run: {', '.join(names)} ('oolong-pairs' works too)",
     )
-    parser.add_argument(
-        "--backend",
-        required=True,
-        help="root client (openai, anthropic, gemini, litellm, ...); 'oracle' runs offline "
-        "with scripted models that score 1.0",
+    # The same model, environment and limit options as `rlm run` (one mapping to RLM(...)),
+    # plus the older --backend-kwargs JSON spelling of --backend-arg.
+    rlm_options.add_model_arguments(
+        parser,
+        backend_help="root client (openai, anthropic, gemini, litellm, ...); 'oracle' runs "
+        "offline with scripted models that score 1.0",
+        require_backend=True,
+        json_spelling=True,
     )
-    parser.add_argument("--model", help="root model name (required unless --backend oracle)")
-    parser.add_argument(
-        "--backend-kwargs",
-        type=parse_json_object,
-        default={},
-        metavar="JSON",
-        help='extra client arguments, e.g. \'{"base_url": "http://localhost:8000/v1"}\'',
-    )
-    parser.add_argument("--sub-backend", help="client for sub-calls (default: the root's)")
-    parser.add_argument("--sub-model", help="model for sub-calls (default: the root model)")
-    parser.add_argument("--sub-backend-kwargs", type=parse_json_object, default={}, metavar="JSON")
-    parser.add_argument("--n", type=int, default=5, help="tasks per length (paper: 50; 20 pairs)")
-    parser.add_argument(
+    rlm_options.add_environment_arguments(parser, scope="each task")
+    bench = parser.add_argument_group("benchmark")
+    bench.add_argument("--n", type=int, default=5, help="tasks per length (paper: 50; 20 pairs)")
+    bench.add_argument(
         "--lengths",
         type=parse_lengths,
         default=None,
         help="comma-separated token lengths, e.g. 8192,32K,2^17,1M "
         "(default: 8192 S-NIAH, 131072 OOLONG, 32768 OOLONG-Pairs)",
     )
-    parser.add_argument(
+    bench.add_argument(
         "--plain", action="store_true", help="also run the plain LM (whole context in one call)"
     )
-    parser.add_argument("--no-rlm", action="store_true", help="run only the plain LM")
-    parser.add_argument("--environment", default="local", help="REPL environment (local, ...)")
-    parser.add_argument("--max-iterations", type=int, default=30)
-    parser.add_argument("--max-depth", type=int, default=1, help="2+ lets rlm_query recurse")
-    parser.add_argument("--max-budget", type=float, help="USD limit per task")
-    parser.add_argument(
-        "--allow-unpriced-models",
-        action="store_true",
-        help="with --max-budget, count calls to models without a price as $0 instead of refusing",
+    bench.add_argument("--no-rlm", action="store_true", help="run only the plain LM")
+    bench.add_argument("--seed", type=int, default=0, help="task set seed")
+    bench.add_argument("--start", type=int, default=0, help="first task index")
+    bench.add_argument("--out", help="write the results JSON here")
+    bench.add_argument("--log-dir", help="write one trajectory file per task here")
+    bench.add_argument("--quiet", action="store_true", help="no per-task progress lines")
+
+
+def bench_config(args: argparse.Namespace) -> BenchConfig:
+    """The parsed options as a `BenchConfig`; the RLM part through `rlm_options`."""
+    from rlm.bench import benchmark_name
+    from rlm.bench.runner import BenchConfig
+
+    settings = rlm_options.rlm_settings(args)
+    if args.cache:
+        settings["cache"] = args.cache
+    return BenchConfig(
+        benchmarks=list(BENCHMARKS) if args.task.lower() == "all" else [benchmark_name(args.task)],
+        settings=settings,
+        lengths=args.lengths,
+        n=args.n,
+        rlm=not args.no_rlm,
+        plain=args.plain or args.no_rlm,
+        seed=args.seed,
+        start=args.start,
+        log_dir=args.log_dir,
     )
-    parser.add_argument("--max-timeout", type=float, help="seconds limit per task")
-    parser.add_argument("--seed", type=int, default=0, help="task set seed")
-    parser.add_argument("--start", type=int, default=0, help="first task index")
-    parser.add_argument("--out", help="write the results JSON here")
-    parser.add_argument("--log-dir", help="write one trajectory file per task here")
-    parser.add_argument("--quiet", action="store_true", help="no per-task progress lines")
 
 
 def main(args: argparse.Namespace) -> int:
-    from rlm.bench import benchmark_name
-    from rlm.bench.runner import BenchConfig, BenchResults, format_table, print_progress, run
+    from rlm.bench.runner import BenchResults, format_table, print_progress, run
     from rlm.errors import ConfigurationError
 
     results: BenchResults | None = None
@@ -111,29 +108,7 @@ def main(args: argparse.Namespace) -> int:
             done.write(args.out)
 
     try:
-        benchmarks = list(BENCHMARKS) if args.task.lower() == "all" else [benchmark_name(args.task)]
-        config = BenchConfig(
-            benchmarks=benchmarks,
-            lengths=args.lengths,
-            n=args.n,
-            backend=args.backend,
-            model=args.model,
-            backend_kwargs=args.backend_kwargs,
-            sub_backend=args.sub_backend,
-            sub_model=args.sub_model,
-            sub_backend_kwargs=args.sub_backend_kwargs,
-            rlm=not args.no_rlm,
-            plain=args.plain or args.no_rlm,
-            environment=args.environment,
-            max_iterations=args.max_iterations,
-            max_depth=args.max_depth,
-            max_budget=args.max_budget,
-            allow_unpriced_models=args.allow_unpriced_models,
-            max_timeout=args.max_timeout,
-            seed=args.seed,
-            start=args.start,
-            log_dir=args.log_dir,
-        )
+        config = bench_config(args)
         results = BenchResults(config)
         run(
             config,

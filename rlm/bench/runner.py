@@ -30,31 +30,22 @@ from rlm.errors import CancellationError, ConfigurationError, RLMError
 
 ORACLE = "oracle"
 RESULTS_SCHEMA = "rlm-bench-results"
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2  # 2: the config keeps the RLM arguments under "settings"
 _SECRET_HINTS = ("key", "token", "secret", "password", "auth")
 
 
 @dataclass
 class BenchConfig:
-    """What to run. `backend="oracle"` needs no model and no network."""
+    """What to run. `settings` are the `RLM(...)` arguments every task's run gets (build them
+    with `rlm.commands.rlm_options.backend_settings`, or parse `rlm bench`'s options with
+    `rlm_settings`); `backend="oracle"` needs no model and no network."""
 
     benchmarks: Sequence[str]
+    settings: Mapping[str, Any] = field(default_factory=lambda: {"backend": ORACLE})
     lengths: Sequence[int] | None = None  # None: each benchmark's default (the paper's)
     n: int = 5
-    backend: str = ORACLE
-    model: str | None = None
-    backend_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    sub_backend: str | None = None
-    sub_model: str | None = None
-    sub_backend_kwargs: Mapping[str, Any] = field(default_factory=dict)
     rlm: bool = True
     plain: bool = False
-    environment: str = "local"
-    max_iterations: int = 30
-    max_depth: int = 1
-    max_budget: float | None = None  # per task, USD
-    allow_unpriced_models: bool = False  # with max_budget: unpriced calls count $0
-    max_timeout: float | None = None  # per task, seconds
     seed: int = 0
     start: int = 0
     log_dir: str | None = None
@@ -68,20 +59,27 @@ class BenchConfig:
             raise ConfigurationError(f"lengths must be positive token counts, got {self.lengths}")
         if not (self.rlm or self.plain):
             raise ConfigurationError("nothing to run: enable the RLM, the plain baseline or both")
-        if self.backend == ORACLE and (self.model or self.sub_backend or self.sub_model):
+        backend = self.settings.get("backend", ORACLE)
+        named_model = "model_name" in (self.settings.get("backend_kwargs") or {})
+        if backend == ORACLE and (named_model or self.settings.get("other_backends")):
             raise ConfigurationError(
                 "--backend oracle brings its own scripted root and sub-LM: "
                 "drop --model / --sub-backend / --sub-model"
             )
-        if self.backend != ORACLE and not self.model and "model_name" not in self.backend_kwargs:
-            raise ConfigurationError(f"--model is required for backend {self.backend!r}")
+        if backend != ORACLE and not named_model:
+            raise ConfigurationError(f"--model is required for backend {backend!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        """The config for a results file: client arguments with secret-looking values masked."""
+        data = {k: v for k, v in asdict(self).items() if k != "settings"}
         data["benchmarks"] = list(self.benchmarks)
         data["lengths"] = None if self.lengths is None else list(self.lengths)
-        data["backend_kwargs"] = _redacted(self.backend_kwargs)
-        data["sub_backend_kwargs"] = _redacted(self.sub_backend_kwargs)
+        settings = dict(self.settings)
+        settings["backend_kwargs"] = _redacted(settings.get("backend_kwargs") or {})
+        settings["other_backend_kwargs"] = [
+            _redacted(kwargs) for kwargs in settings.get("other_backend_kwargs") or []
+        ]
+        data["settings"] = settings
         return data
 
 
@@ -103,37 +101,27 @@ def _redacted(kwargs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class Backends:
-    """Client kwargs for the root, the sub-LM and the plain baseline; `prepare` per task."""
+    """A benchmark's `RLM(...)` settings and plain-baseline client; the oracle's scripted
+    clients put in for `backend="oracle"`. `prepare` per task."""
 
     def __init__(self, config: BenchConfig, benchmark: str) -> None:
         self.reader: OracleReader | None = None
-        if config.backend == ORACLE:
+        settings: dict[str, Any] = {"backend": ORACLE, **config.settings}
+        if settings["backend"] == ORACLE:
             self.reader = OracleReader()
             root, sub, plain = oracle_backend_kwargs(
-                benchmark, self.reader, dict(config.backend_kwargs)
+                benchmark, self.reader, dict(settings.get("backend_kwargs") or {})
             )
-            self.root_backend = "scripted"
-            self.root_kwargs = root
-            self.sub: tuple[str, dict[str, Any]] | None = ("scripted", sub)
-            self.plain_kwargs = plain
-            return
-        self.root_backend = config.backend
-        self.root_kwargs = {**config.backend_kwargs}
-        if config.model:
-            self.root_kwargs["model_name"] = config.model
-        self.plain_kwargs = dict(self.root_kwargs)
-        self.sub = None
-        if config.sub_backend or config.sub_model or config.sub_backend_kwargs:
-            backend = config.sub_backend or config.backend
-            # Same backend: reuse the connection settings (base_url, ...), but not the root
-            # model's prices for a different model.
-            base = dict(self.root_kwargs) if backend == config.backend else {}
-            if config.sub_model and config.sub_model != base.get("model_name"):
-                base.pop("prices", None)
-            kwargs = {**base, **config.sub_backend_kwargs}
-            if config.sub_model:
-                kwargs["model_name"] = config.sub_model
-            self.sub = (backend, kwargs)
+            settings.update(
+                backend="scripted",
+                backend_kwargs=root,
+                other_backends=["scripted"],
+                other_backend_kwargs=[sub],
+            )
+            self.plain: tuple[str, dict[str, Any]] = ("scripted", plain)
+        else:
+            self.plain = (settings["backend"], dict(settings.get("backend_kwargs") or {}))
+        self.settings = settings
 
     def prepare(self, task: Task) -> None:
         if self.reader is not None:
@@ -141,11 +129,12 @@ class Backends:
 
     @property
     def root_model(self) -> str:
-        return str(self.root_kwargs.get("model_name", ""))
+        return str((self.settings.get("backend_kwargs") or {}).get("model_name", ""))
 
     @property
     def sub_model(self) -> str | None:
-        return None if self.sub is None else str(self.sub[1].get("model_name", ""))
+        others = self.settings.get("other_backend_kwargs") or []
+        return str(others[0].get("model_name", "")) if others else None
 
 
 def count_subcalls(completion: RLMChatCompletion) -> int:
@@ -167,16 +156,7 @@ def _run_rlm(config: BenchConfig, backends: Backends, task: Task) -> dict[str, A
     started = time.monotonic()
     try:
         rlm = RLM(
-            backend=backends.root_backend,
-            backend_kwargs=backends.root_kwargs,
-            other_backends=[backends.sub[0]] if backends.sub else None,
-            other_backend_kwargs=[backends.sub[1]] if backends.sub else None,
-            environment=config.environment,
-            max_depth=config.max_depth,
-            max_iterations=config.max_iterations,
-            max_budget=config.max_budget,
-            allow_unpriced_models=config.allow_unpriced_models,
-            max_timeout=config.max_timeout,
+            **backends.settings,
             logger=logger,
             on_limit="return",  # a stopped run is scored on its partial answer
         )
@@ -334,7 +314,7 @@ def run(
         results = BenchResults(config)
     for benchmark in benchmarks:
         backends = Backends(config, benchmark)
-        plain = get_client(backends.root_backend, backends.plain_kwargs) if config.plain else None
+        plain = get_client(*backends.plain) if config.plain else None
         try:
             for length in config.lengths or DEFAULT_LENGTHS[benchmark]:
                 for index in range(config.start, config.start + config.n):

@@ -10,32 +10,63 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from rlm.errors import ConfigurationError
 from rlm.logger.redact import Redactor, is_sensitive_key
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def _repeatable(group: Any, flag: str, help_text: str, metavar: str = "KEY=VALUE") -> None:
+    group.add_argument(flag, action="append", default=[], metavar=metavar, help=help_text)
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """An argparse type: a JSON object (the older `--backend-kwargs JSON` spelling)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def add_model_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    backend_help: str = "root backend (default: openai)",
+    require_backend: bool = False,
+    json_spelling: bool = False,
+) -> None:
+    """`json_spelling` also accepts `rlm bench`'s older `--backend-kwargs JSON` and
+    `--sub-backend-kwargs JSON`; `--backend-arg KEY=VALUE` wins where both name a key."""
     model = parser.add_argument_group("models")
-    model.add_argument("--backend", default="openai", help="root backend (default: openai)")
+    if require_backend:
+        model.add_argument("--backend", required=True, help=backend_help)
+    else:
+        model.add_argument("--backend", default="openai", help=backend_help)
     model.add_argument("--model", help="root model name (the backend's model_name)")
-    model.add_argument(
+    _repeatable(
+        model,
         "--backend-arg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra backend argument (VALUE parsed as JSON when it is JSON); repeatable",
+        "extra backend argument (VALUE parsed as JSON when it is JSON); repeatable",
     )
     model.add_argument("--sub-backend", help="backend for sub-calls (default: --backend)")
     model.add_argument("--sub-model", help="model for sub-calls (default: the root model)")
-    model.add_argument(
-        "--sub-backend-arg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra argument for the sub-call backend; repeatable",
-    )
+    _repeatable(model, "--sub-backend-arg", "extra argument for the sub-call backend; repeatable")
+    if json_spelling:
+        for flag, instead in (
+            ("--backend-kwargs", "--backend-arg"),
+            ("--sub-backend-kwargs", "--sub-backend-arg"),
+        ):
+            model.add_argument(
+                flag,
+                type=json_object,
+                default={},
+                metavar="JSON",
+                help=f"the older spelling of {instead}: all arguments as one JSON object",
+            )
 
 
 def add_environment_arguments(
@@ -44,13 +75,7 @@ def add_environment_arguments(
     """`scope` says what --max-budget and --max-tokens bound (a batch: the whole batch)."""
     env = parser.add_argument_group("environment and limits")
     env.add_argument("--environment", "-e", default="local", help="where code runs (local, ...)")
-    env.add_argument(
-        "--env-arg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="environment argument, e.g. timeout=30; repeatable",
-    )
+    _repeatable(env, "--env-arg", "environment argument, e.g. timeout=30; repeatable")
     env.add_argument("--max-depth", type=int, default=1)
     env.add_argument("--max-iterations", type=int, default=30)
     env.add_argument("--max-budget", type=float, help=f"USD over {scope}")
@@ -106,57 +131,103 @@ def pairs(items: list[str], flag: str) -> dict[str, Any]:
         key = key.strip()
         if not sep or not key:
             raise ConfigurationError(f"{flag} expects KEY=VALUE, got {item!r}")
+        try:
+            result[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            result[key] = raw
+    return without_secrets(result, flag)
+
+
+def without_secrets(arguments: dict[str, Any], flag: str) -> dict[str, Any]:
+    """`arguments` when none of them is a secret: command lines are visible to every user of
+    the machine, so keys come from the provider's environment variable instead."""
+    for key, value in arguments.items():
         if is_sensitive_key(key):
             raise ConfigurationError(
                 f"{flag} {key}=...: secrets are not accepted on the command line (other users "
                 "can read it); set the provider's environment variable instead, e.g. "
                 "OPENAI_API_KEY"
             )
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
         if Redactor(include_env=False).data(value) != value:  # a nested header, a sk-... value
             raise ConfigurationError(
                 f"{flag} {key}=...: the value holds a secret; secrets are not accepted on the "
                 "command line, set the provider's environment variable instead"
             )
-        result[key] = value
-    return result
+    return arguments
+
+
+def backend_settings(
+    backend: str,
+    backend_kwargs: Mapping[str, Any] | None = None,
+    *,
+    model: str | None = None,
+    sub_backend: str | None = None,
+    sub_model: str | None = None,
+    sub_backend_kwargs: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The client part of the `RLM(...)` arguments: the root's backend and, when any sub-call
+    option is given, one other backend for sub-calls. A sub-call client on the root's backend
+    starts from the root's arguments (base_url, ...) but drops the root model's `prices` when
+    it names another model."""
+    root = dict(backend_kwargs or {})
+    if model:
+        root["model_name"] = model
+    settings: dict[str, Any] = {
+        "backend": backend,
+        "backend_kwargs": root,
+        "other_backends": [],
+        "other_backend_kwargs": [],
+    }
+    if sub_backend or sub_model or sub_backend_kwargs:
+        name = sub_backend or backend
+        base = dict(root) if name == backend else {}
+        if sub_model and sub_model != base.get("model_name"):
+            base.pop("prices", None)
+        sub = {**base, **(sub_backend_kwargs or {})}
+        if sub_model:
+            sub["model_name"] = sub_model
+        settings["other_backends"].append(name)
+        settings["other_backend_kwargs"].append(sub)
+    return settings
 
 
 def rlm_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The `RLM(...)` arguments the parsed options describe that are plain data (no observers,
     no logger): what a Ray worker on another machine needs to build the same `RLM`."""
-    backend_kwargs = pairs(args.backend_arg, "--backend-arg")
-    if args.model:
-        backend_kwargs["model_name"] = args.model
-    other_backends: list[str] = []
-    other_kwargs: list[dict[str, Any]] = []
-    if args.sub_backend or args.sub_model or args.sub_backend_arg:
-        sub_kwargs = pairs(args.sub_backend_arg, "--sub-backend-arg")
-        if not args.sub_backend:  # same backend: start from the root's arguments
-            sub_kwargs = {**backend_kwargs, **sub_kwargs}
-        if args.sub_model:
-            sub_kwargs["model_name"] = args.sub_model
-        other_backends.append(args.sub_backend or args.backend)
-        other_kwargs.append(sub_kwargs)
     return {
-        "backend": args.backend,
-        "backend_kwargs": backend_kwargs,
+        **backend_settings(
+            args.backend,
+            _client_arguments(args, "backend"),
+            model=args.model,
+            sub_backend=args.sub_backend,
+            sub_model=args.sub_model,
+            sub_backend_kwargs=_client_arguments(args, "sub_backend"),
+        ),
         "environment": args.environment,
         "environment_kwargs": pairs(args.env_arg, "--env-arg"),
-        "max_depth": args.max_depth,
-        "max_iterations": args.max_iterations,
-        "max_budget": args.max_budget,
-        "max_timeout": args.max_timeout,
-        "max_tokens": args.max_tokens,
-        "max_errors": args.max_errors,
-        "max_subcalls": args.max_subcalls,
-        "allow_unpriced_models": args.allow_unpriced_models,
-        "other_backends": other_backends,
-        "other_backend_kwargs": other_kwargs,
+        **{key: getattr(args, key) for key in LIMIT_OPTIONS},
     }
+
+
+def _client_arguments(args: argparse.Namespace, which: str) -> dict[str, Any]:
+    """`--{which}-arg KEY=VALUE` over the older `--{which}-kwargs JSON` (when the command
+    takes it)."""
+    flag = "--" + which.replace("_", "-")
+    older = without_secrets(dict(getattr(args, f"{which}_kwargs", None) or {}), f"{flag}-kwargs")
+    return {**older, **pairs(getattr(args, f"{which}_arg"), f"{flag}-arg")}
+
+
+# The limit options, named as `RLM(...)` names them.
+LIMIT_OPTIONS = (
+    "max_depth",
+    "max_iterations",
+    "max_budget",
+    "max_timeout",
+    "max_tokens",
+    "max_errors",
+    "max_subcalls",
+    "allow_unpriced_models",
+)
 
 
 def build_rlm(args: argparse.Namespace, *, observers: list[Any] | None = None) -> Any:
