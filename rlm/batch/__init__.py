@@ -16,14 +16,16 @@ in rlm/batch/tasks.py and rlm/batch/results.py.
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rlm.batch.ledger import BatchLedger, LedgerClient
 from rlm.batch.results import BatchResult, ResultFile
 from rlm.batch.runner import RLMSpec, TaskRunner, spec_with
-from rlm.batch.tasks import BadTaskLine, BatchTask, parse_task, read_tasks
+from rlm.batch.tasks import BadTaskLine, BatchTask, collect_tasks, parse_task, read_tasks
 from rlm.errors import ConfigurationError
 
 __all__ = [
@@ -43,15 +45,21 @@ __all__ = [
 def _as_tasks(tasks: str | Path | Iterable[BatchTask | Mapping[str, Any]]) -> list[BatchTask]:
     if isinstance(tasks, str | Path):
         return read_tasks(tasks)[0]
-    out: list[BatchTask] = []
-    seen: set[str] = set()
-    for number, item in enumerate(tasks, start=1):
-        task = item if isinstance(item, BatchTask) else parse_task(dict(item), number)
-        if task.id in seen:
-            raise BadTaskLine(number, f"duplicate id {task.id!r}")
-        seen.add(task.id)
-        out.append(task)
-    return out
+    return collect_tasks(tasks)[0]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How a batch runs: where, how many at once, its logs and its batch-wide limits."""
+
+    executor: str
+    concurrency: int
+    log_dir: str | None
+    max_budget: float | None
+    max_tokens: int | None
+    ray_address: str | None
+    env: dict[str, str]
+    max_attempts: int
 
 
 def run_batch(
@@ -84,79 +92,75 @@ def run_batch(
     task_list = _as_tasks(tasks)
     results = ResultFile(out, resume=resume)
     todo = [task for task in task_list if task.id not in results.done]
-    log = None if log_dir is None else str(log_dir)
     env: dict[str, str] = {}
     for name in ray_env:
         if name not in os.environ:
             raise ConfigurationError(f"ray_env: {name} is not set in this environment")
         env[name] = os.environ[name]
-    return _drive(
-        todo,
-        dict(spec),
-        results,
-        executor,
-        concurrency,
-        log,
-        max_budget,
-        max_tokens,
-        ray_address,
-        env,
-        max_attempts,
+    plan = _Plan(
+        executor=executor,
+        concurrency=concurrency,
+        log_dir=None if log_dir is None else str(log_dir),
+        max_budget=max_budget,
+        max_tokens=max_tokens,
+        ray_address=ray_address,
+        env=env,
+        max_attempts=max_attempts,
     )
+    return _drive(todo, dict(spec), results, plan)
 
 
 def _drive(
-    todo: list[BatchTask],
-    spec: RLMSpec,
-    results: ResultFile,
-    executor: str,
-    concurrency: int,
-    log_dir: str | None,
-    max_budget: float | None,
-    max_tokens: int | None,
-    ray_address: str | None,
-    env: dict[str, str],
-    max_attempts: int,
+    todo: list[BatchTask], spec: RLMSpec, results: ResultFile, plan: _Plan
 ) -> Iterator[BatchResult]:
+    """Run `todo` as `plan` says, writing each result to `results` as it finishes."""
     with results:
         if not todo:
             return
-        limited = max_budget is not None or max_tokens is not None
-        if executor == "local":
-            from rlm.batch.local import run_local
+        run = _run_local if plan.executor == "local" else _run_ray
+        for result in run(todo, spec, plan):
+            if results.write(result):
+                yield result
 
-            ledger = LedgerClient(BatchLedger(max_budget, max_tokens)) if limited else None
-            runner = TaskRunner(spec, log_dir=log_dir, ledger=ledger)
-            try:
-                for result in run_local(todo, runner, concurrency):
-                    if results.write(result):
-                        yield result
-            finally:
-                runner.close()
-            return
-        from rlm.batch.ledger import ray_ledger
-        from rlm.batch.ray_exec import connect, run_ray
 
-        started = connect(ray_address)
-        try:
-            ledger = LedgerClient(ray_ledger(max_budget, max_tokens)) if limited else None
-            stream = run_ray(
-                todo,
-                spec,
-                concurrency=concurrency,
-                log_dir=log_dir,
-                max_attempts=max_attempts,
-                ledger=ledger,
-                env=env,
-            )
-            for result in stream:
-                if results.write(result):
-                    yield result
-        finally:
-            if started:
-                import ray
+def _ledger(plan: _Plan, make: Any) -> LedgerClient | None:
+    """The batch's ledger client when the plan has batch-wide limits; `make(budget, tokens)`
+    builds the ledger (in process, or a Ray actor)."""
+    if plan.max_budget is None and plan.max_tokens is None:
+        return None
+    return LedgerClient(make(plan.max_budget, plan.max_tokens))
 
-                ray.shutdown()
+
+def _run_local(todo: list[BatchTask], spec: RLMSpec, plan: _Plan) -> Iterator[BatchResult]:
+    from rlm.batch.local import run_local
+
+    runner = TaskRunner(spec, log_dir=plan.log_dir, ledger=_ledger(plan, BatchLedger))
+    try:
+        yield from run_local(todo, runner, plan.concurrency)
+    finally:
+        runner.close()
+
+
+def _run_ray(todo: list[BatchTask], spec: RLMSpec, plan: _Plan) -> Iterator[BatchResult]:
+    from rlm.batch.ledger import ray_ledger
+    from rlm.batch.ray_exec import connect, run_ray
+
+    started = connect(plan.ray_address)
+    try:
+        yield from run_ray(
+            todo,
+            spec,
+            concurrency=plan.concurrency,
+            log_dir=plan.log_dir,
+            max_attempts=plan.max_attempts,
+            ledger=_ledger(plan, ray_ledger),
+            env=plan.env,
+        )
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
 
 
 class RLMPredictor:
@@ -173,6 +177,13 @@ class RLMPredictor:
 
     def __init__(self, spec: Mapping[str, Any], log_dir: str | None = None) -> None:
         self.runner = TaskRunner(spec, log_dir=log_dir)
+        # Ray Data drops a worker's predictor without a call to close: the runner's RLMs (and
+        # their sandboxes) close when the predictor is collected, or at interpreter exit.
+        self._finalizer = weakref.finalize(self, self.runner.close)
+
+    def close(self) -> None:
+        """Close the runner's RLMs now (idempotent)."""
+        self._finalizer()
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         from rlm.core.aio import run_sync
@@ -198,11 +209,6 @@ class RLMPredictor:
         columns["total_tokens"] = [r.tokens for r in done]
         columns["total_cost"] = [r.cost for r in done]
         return columns
-
-    def __del__(self) -> None:
-        runner = getattr(self, "runner", None)
-        if runner is not None:
-            runner.close()
 
 
 def _plain(value: Any) -> Any:

@@ -16,32 +16,13 @@ from typing import Any
 
 from rlm.batch.results import BatchResult
 from rlm.batch.tasks import OVERRIDES, BatchTask
+from rlm.commands.rlm_options import PLAIN_SETTINGS
 from rlm.errors import RLMError
 
 RLMSpec = dict[str, Any]
 
-# RLM arguments a spec may hold: JSON-able ones only (no observers, callables or loggers:
-# those are made where the task runs).
-SPEC_KEYS = frozenset(
-    {
-        "backend",
-        "backend_kwargs",
-        "environment",
-        "environment_kwargs",
-        "max_depth",
-        "max_iterations",
-        "max_budget",
-        "max_timeout",
-        "max_tokens",
-        "max_errors",
-        "max_subcalls",
-        "other_backends",
-        "other_backend_kwargs",
-        "cache",
-        "custom_system_prompt",
-        "allow_unpriced_models",
-    }
-)
+# RLM arguments a spec may hold: JSON-able ones only, as `rlm_settings` makes them.
+SPEC_KEYS = PLAIN_SETTINGS
 
 
 def spec_with(spec: Mapping[str, Any], overrides: Mapping[str, Any]) -> RLMSpec:

@@ -58,17 +58,11 @@ class BatchTask:
     def load_context(self) -> Any:
         if self.context_file is None:
             return self.context
-        path = Path(self.context_file)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigurationError(f"task {self.id!r}: cannot read {path}: {exc}") from exc
-        if not self.parse_json:
-            return text
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigurationError(f"task {self.id!r}: {path} is not JSON ({exc})") from exc
+        return read_document(
+            self.context_file,
+            as_json=self.parse_json,
+            what=f"task {self.id!r}'s {self.context_file}",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The task as a JSON line again (used to ship it to a Ray worker)."""
@@ -126,22 +120,18 @@ def parse_task(data: Any, line: int = 0, base: Path | None = None) -> BatchTask:
     )
 
 
-def parse_lines(
-    lines: Iterable[str], base: Path | None = None
+def parse_tasks(
+    items: Iterable[str | Mapping[str, Any] | BatchTask], base: Path | None = None
 ) -> Iterator[BatchTask | BadTaskLine]:
-    """Each non-blank line as a task, or as the `BadTaskLine` saying why it is not one.
-    A repeated id is a bad line: results are keyed by id, so two tasks with one id could
-    never be told apart."""
+    """Each item (a JSON line, a decoded task or a `BatchTask`; blank lines are passed over)
+    as a task, or as the `BadTaskLine` saying why it is not one. A repeated id is a bad line:
+    results are keyed by id, so two tasks with one id could never be told apart."""
     seen: set[str] = set()
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
+    for number, item in enumerate(items, start=1):
+        if isinstance(item, str) and not item.strip():
             continue
         try:
-            try:
-                data = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise BadTaskLine(number, f"not JSON ({exc.msg})") from exc
-            task = parse_task(data, number, base)
+            task = _task_of(item, number, base)
             if task.id in seen:
                 raise BadTaskLine(number, f"duplicate id {task.id!r}")
         except BadTaskLine as bad:
@@ -151,21 +141,31 @@ def parse_lines(
         yield task
 
 
-def read_tasks(
-    path: str | Path, on_bad_line: str = "stop"
+def _task_of(
+    item: str | Mapping[str, Any] | BatchTask, number: int, base: Path | None
+) -> BatchTask:
+    if isinstance(item, BatchTask):
+        return item
+    if isinstance(item, str):
+        try:
+            return parse_task(json.loads(item), number, base)
+        except json.JSONDecodeError as exc:
+            raise BadTaskLine(number, f"not JSON ({exc.msg})") from exc
+    return parse_task(dict(item) if isinstance(item, Mapping) else item, number, base)
+
+
+def collect_tasks(
+    items: Iterable[str | Mapping[str, Any] | BatchTask],
+    on_bad_line: str = "stop",
+    base: Path | None = None,
 ) -> tuple[list[BatchTask], list[BadTaskLine]]:
-    """All tasks of a file, and the bad lines skipped (`on_bad_line="skip"`); with "stop",
-    the first bad line is raised."""
+    """The tasks of `items`, and the bad ones skipped (`on_bad_line="skip"`); with "stop",
+    the first bad one is raised."""
     if on_bad_line not in ("stop", "skip"):
         raise ConfigurationError(f"on_bad_line must be 'stop' or 'skip', got {on_bad_line!r}")
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigurationError(f"cannot read the tasks file {path}: {exc}") from exc
     tasks: list[BatchTask] = []
     bad: list[BadTaskLine] = []
-    for item in parse_lines(text.splitlines(), base=path.parent):
+    for item in parse_tasks(items, base):
         if isinstance(item, BatchTask):
             tasks.append(item)
         elif on_bad_line == "stop":
@@ -173,3 +173,32 @@ def read_tasks(
         else:
             bad.append(item)
     return tasks, bad
+
+
+def read_tasks(
+    path: str | Path, on_bad_line: str = "stop"
+) -> tuple[list[BatchTask], list[BadTaskLine]]:
+    """All tasks of a file, and the bad lines skipped (`on_bad_line="skip"`); with "stop",
+    the first bad line is raised."""
+    path = Path(path)
+    text = read_document(path, as_json=False, what=f"the tasks file {path}")
+    return collect_tasks(text.splitlines(), on_bad_line, base=path.parent)
+
+
+def read_document(path: str | Path, *, as_json: bool, what: str) -> Any:
+    """A UTF-8 file's text, or the JSON value it holds; a `ConfigurationError` naming `what`
+    when it cannot be read or parsed. (`rlm run --context FILE` reads its context this way.)"""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"cannot read {what}: {exc}") from exc
+    return parse_document(text, as_json=as_json, what=what)
+
+
+def parse_document(text: str, *, as_json: bool, what: str) -> Any:
+    if not as_json:
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(f"{what} is not valid JSON ({exc})") from exc

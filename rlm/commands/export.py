@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from rlm.errors import ConfigurationError
-    from rlm.logger.jsonl import encode
+    from rlm.logger.records import encode
     from rlm.logger.reference_format import to_reference
     from rlm.logger.replay import read_log
 

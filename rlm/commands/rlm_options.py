@@ -229,6 +229,23 @@ LIMIT_OPTIONS = (
     "allow_unpriced_models",
 )
 
+# Every `RLM(...)` argument a settings dict may hold: the plain-data ones (no observers,
+# callables or loggers: those are made where the run happens). `rlm_settings` yields these
+# but the last two; a batch spec (rlm/batch/runner.py) may hold any of them.
+PLAIN_SETTINGS = frozenset(
+    {
+        "backend",
+        "backend_kwargs",
+        "other_backends",
+        "other_backend_kwargs",
+        "environment",
+        "environment_kwargs",
+        *LIMIT_OPTIONS,
+        "cache",
+        "custom_system_prompt",
+    }
+)
+
 
 def build_rlm(args: argparse.Namespace, *, observers: list[Any] | None = None) -> Any:
     """The `RLM` the parsed options describe. `args.verbose` (when the command has it) adds the

@@ -20,11 +20,10 @@ Exit status:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 from typing import Any
 
+from rlm.batch.tasks import parse_document, read_document
 from rlm.commands import output
 from rlm.commands.rlm_options import (
     add_environment_arguments,
@@ -144,18 +143,16 @@ def _read_context(args: argparse.Namespace) -> Any:
         if sys.stdin is None or sys.stdin.isatty():
             raise ConfigurationError("no context: give --context FILE or pipe it on stdin")
         source = "-"
-    try:
-        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigurationError(f"cannot read the context from {source}: {exc}") from exc
+    where = "stdin" if source == "-" else source
+    if source == "-":
+        try:
+            text = sys.stdin.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigurationError(f"cannot read the context from stdin: {exc}") from exc
+    else:
+        text = read_document(source, as_json=False, what=f"the context from {where}")
     if not text.strip():
-        where = "stdin" if source == "-" else source
         raise ConfigurationError(
             f"the context from {where} is empty: give --context FILE or pipe the document in"
         )
-    if not args.json:
-        return text
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigurationError(f"--json: the context is not valid JSON ({exc})") from exc
+    return parse_document(text, as_json=args.json, what=f"--json: the context from {where}")

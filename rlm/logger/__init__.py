@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from rlm.logger.jsonl import SCHEMA, SCHEMA_VERSION, RLMLogger
+from rlm.logger.jsonl import RLMLogger
+from rlm.logger.records import SCHEMA, SCHEMA_VERSION
 from rlm.logger.redact import Redactor, redact
 
 if TYPE_CHECKING:

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from rlm.logger.jsonl import SCHEMA, SCHEMA_VERSION, Record
+from rlm.logger.records import SCHEMA, SCHEMA_VERSION, Record
 
 SOURCE = "reference"
 ROOT_RUN_ID = "reference"

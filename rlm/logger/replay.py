@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from rlm.core.types import Message, RLMChatCompletion
 from rlm.errors import ConfigurationError, ProviderError
-from rlm.logger.jsonl import SCHEMA, SCHEMA_VERSION, TRUNCATION_MARK, Record
+from rlm.logger.records import SCHEMA, SCHEMA_VERSION, TRUNCATION_MARK, Record
 from rlm.logger.reference_format import SOURCE as REFERENCE_SOURCE
 from rlm.logger.reference_format import from_reference, is_reference_log
 

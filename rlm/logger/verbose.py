@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from rlm._optional import require
 from rlm.core.events import Observer, RunInfo
 from rlm.core.types import RLMChatCompletion, RLMIteration, SubcallRecord
-from rlm.logger.jsonl import (
+from rlm.logger.records import (
     Record,
     iteration_record,
     run_end_record,

@@ -33,6 +33,24 @@ def tokens_of(chars: int) -> int:
     return math.ceil(chars / CHARS_PER_TOKEN)
 
 
+@dataclass
+class SimRequest:
+    """One generation request the simulator received, normalised across wire formats.
+
+    `messages` hold {"role", "content"} with text content ("model" is reported as "assistant";
+    OpenAI system/developer messages are moved to `system`). `headers` have lower-case names.
+    """
+
+    wire: str
+    path: str
+    model: str
+    system: str | None
+    messages: list[dict[str, str]]
+    body: dict[str, Any]
+    headers: dict[str, str]
+    time: float
+
+
 @dataclass(frozen=True)
 class Segment:
     """One unit of prompt-cache granularity (a message, or an Anthropic content block)."""

@@ -22,16 +22,48 @@ import threading
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from rlm.testing._wire_anthropic import AnthropicWire
-from rlm.testing._wire_common import Answer, ParsedPrompt, Wire, WireError
+from rlm.testing._wire_common import Answer, ParsedPrompt, SimRequest, Wire, WireError
 from rlm.testing._wire_gemini import GeminiWire
 from rlm.testing._wire_openai import OpenAIWire, model_entry, models_list
 
-if TYPE_CHECKING:
-    from rlm.testing.simulator import ProviderSimulator, SimRequest
+
+class Simulated(Protocol):
+    """What the server needs of the `ProviderSimulator` it serves (rlm/testing/simulator.py):
+    its settings and the request-handling steps, which run on the server's threads."""
+
+    reply: Any
+    latency: float
+    faults: Any  # a FaultPlan
+    known_models: frozenset[str] | None
+
+    def _count_status(self, status: int) -> None: ...
+
+    def _in_flight_scope(self) -> contextlib.AbstractContextManager[None]: ...
+
+    def _receive(
+        self,
+        wire: Wire,
+        path: str,
+        route_model: str | None,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        received: float,
+    ) -> tuple[ParsedPrompt, SimRequest]: ...
+
+    def _generate(
+        self, wire: Wire, prompt: ParsedPrompt, request: SimRequest, query: dict[str, list[str]]
+    ) -> Answer: ...
+
+    def _count_tokens(
+        self, wire: Wire, route_model: str, body: dict[str, Any]
+    ) -> dict[str, Any]: ...
+
+    def _model_names(self) -> list[str]: ...
+
 
 logger = logging.getLogger("rlm.testing.simulator")
 
@@ -107,7 +139,7 @@ def _error_body(status: int, message: str) -> dict[str, Any]:
 class SimServer:
     """Serves one `ProviderSimulator` on 127.0.0.1 (or `host`) from a daemon loop thread."""
 
-    def __init__(self, sim: ProviderSimulator, host: str, port: int) -> None:
+    def __init__(self, sim: Simulated, host: str, port: int) -> None:
         self.sim = sim
         self.host = host
         self.port = port

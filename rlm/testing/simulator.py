@@ -54,6 +54,7 @@ from rlm.testing._wire_cache import PromptCache
 from rlm.testing._wire_common import (
     Answer,
     ParsedPrompt,
+    SimRequest,
     UsageCounts,
     Wire,
     WireError,
@@ -63,24 +64,6 @@ from rlm.testing._wire_gemini import count_tokens_body
 from rlm.testing._wire_http import SimServer
 
 FAULT_KINDS = ("429", "500", "reset", "timeout", "400", "401")
-
-
-@dataclass
-class SimRequest:
-    """One generation request the simulator received, normalised across wire formats.
-
-    `messages` hold {"role", "content"} with text content ("model" is reported as "assistant";
-    OpenAI system/developer messages are moved to `system`). `headers` have lower-case names.
-    """
-
-    wire: str
-    path: str
-    model: str
-    system: str | None
-    messages: list[dict[str, str]]
-    body: dict[str, Any]
-    headers: dict[str, str]
-    time: float
 
 
 @dataclass

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from rlm.logger.jsonl import SCHEMA, SCHEMA_VERSION, encode
+from rlm.logger.records import SCHEMA, SCHEMA_VERSION, encode
 from rlm.logger.reference_format import from_reference, is_reference_log
 
 LOG_SUFFIX = ".jsonl"
