@@ -104,6 +104,8 @@ class LimitExceededError(RLMError):
     """
 
     stop_reason = "limit"
+    # The default message, formatted with the limit's figures (the subclass's attributes).
+    template = "{name}"
 
     def __init__(
         self,
@@ -111,16 +113,23 @@ class LimitExceededError(RLMError):
         *,
         partial_answer: str | None = None,
         completion: Any = None,
+        **figures: Any,
     ) -> None:
+        """The one init of every limit error: `figures` (elapsed/timeout, spent/budget, ...)
+        become attributes and fill `template` when no `message` is given."""
+        self.__dict__.update(figures)
         self.partial_answer = partial_answer
         self.completion = completion
-        super().__init__(message or f"{type(self).__name__}")
+        super().__init__(message or self.template.format(name=type(self).__name__, **figures))
 
 
 class TimeoutExceededError(LimitExceededError):
     """`max_timeout` seconds of wall time passed; `elapsed` and `timeout` in seconds."""
 
     stop_reason = "max_timeout"
+    elapsed: float
+    timeout: float
+    template = "Timeout exceeded: {elapsed:.1f}s of {timeout:.1f}s limit"
 
     def __init__(
         self,
@@ -131,12 +140,12 @@ class TimeoutExceededError(LimitExceededError):
         *,
         completion: Any = None,
     ) -> None:
-        self.elapsed = elapsed
-        self.timeout = timeout
         super().__init__(
-            message or f"Timeout exceeded: {elapsed:.1f}s of {timeout:.1f}s limit",
+            message,
             partial_answer=partial_answer,
             completion=completion,
+            elapsed=elapsed,
+            timeout=timeout,
         )
 
 
@@ -144,6 +153,9 @@ class TokenLimitExceededError(LimitExceededError):
     """`max_tokens` (input + output over the whole recursion tree) was reached."""
 
     stop_reason = "max_tokens"
+    tokens_used: int
+    token_limit: int
+    template = "Token limit exceeded: {tokens_used:,} of {token_limit:,} tokens"
 
     def __init__(
         self,
@@ -154,12 +166,12 @@ class TokenLimitExceededError(LimitExceededError):
         *,
         completion: Any = None,
     ) -> None:
-        self.tokens_used = tokens_used
-        self.token_limit = token_limit
         super().__init__(
-            message or f"Token limit exceeded: {tokens_used:,} of {token_limit:,} tokens",
+            message,
             partial_answer=partial_answer,
             completion=completion,
+            tokens_used=tokens_used,
+            token_limit=token_limit,
         )
 
 
@@ -167,6 +179,9 @@ class BudgetExceededError(LimitExceededError):
     """`max_budget` (USD over the whole recursion tree) was reached; `spent` and `budget`."""
 
     stop_reason = "max_budget"
+    spent: float
+    budget: float
+    template = "Budget exceeded: spent ${spent:.6f} of ${budget:.6f} budget"
 
     def __init__(
         self,
@@ -177,12 +192,12 @@ class BudgetExceededError(LimitExceededError):
         partial_answer: str | None = None,
         completion: Any = None,
     ) -> None:
-        self.spent = spent
-        self.budget = budget
         super().__init__(
-            message or f"Budget exceeded: spent ${spent:.6f} of ${budget:.6f} budget",
+            message,
             partial_answer=partial_answer,
             completion=completion,
+            spent=spent,
+            budget=budget,
         )
 
 
@@ -190,6 +205,9 @@ class SubcallLimitExceededError(LimitExceededError):
     """`max_subcalls` (sub-calls over the whole recursion tree) was reached."""
 
     stop_reason = "max_subcalls"
+    subcalls: int
+    limit: int
+    template = "Sub-call limit exceeded: {subcalls} of {limit} sub-calls"
 
     def __init__(
         self,
@@ -200,12 +218,12 @@ class SubcallLimitExceededError(LimitExceededError):
         *,
         completion: Any = None,
     ) -> None:
-        self.subcalls = subcalls
-        self.limit = limit
         super().__init__(
-            message or f"Sub-call limit exceeded: {subcalls} of {limit} sub-calls",
+            message,
             partial_answer=partial_answer,
             completion=completion,
+            subcalls=subcalls,
+            limit=limit,
         )
 
 
@@ -213,6 +231,10 @@ class ErrorThresholdExceededError(LimitExceededError):
     """`max_errors` consecutive turns whose code failed; `last_error` is the latest stderr."""
 
     stop_reason = "max_errors"
+    error_count: int
+    threshold: int
+    last_error: str | None
+    template = "Error threshold exceeded: {error_count} consecutive errors (limit: {threshold})"
 
     def __init__(
         self,
@@ -224,14 +246,13 @@ class ErrorThresholdExceededError(LimitExceededError):
         *,
         completion: Any = None,
     ) -> None:
-        self.error_count = error_count
-        self.threshold = threshold
-        self.last_error = last_error
         super().__init__(
-            message
-            or f"Error threshold exceeded: {error_count} consecutive errors (limit: {threshold})",
+            message,
             partial_answer=partial_answer,
             completion=completion,
+            error_count=error_count,
+            threshold=threshold,
+            last_error=last_error,
         )
 
 

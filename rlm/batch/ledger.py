@@ -78,12 +78,7 @@ class BatchLedger:
             return ("budget", str(exc))
 
     def settle(
-        self,
-        tokens: int,
-        cost: float | None,
-        used_tokens: int,
-        used_cost: float,
-        held: bool = True,
+        self, tokens: int, cost: float | None, used_tokens: int, used_cost: float, held: bool = True
     ) -> None:
         """A call that held (`tokens`, `cost`) finished having used (`used_*`); `held` False
         records usage that was never reserved (a cache hit, say)."""
@@ -162,12 +157,7 @@ class LedgerClient:
             await asyncio.sleep(POLL_SECONDS)
 
     def settle(
-        self,
-        tokens: int,
-        cost: float | None,
-        used_tokens: int,
-        used_cost: float,
-        held: bool = True,
+        self, tokens: int, cost: float | None, used_tokens: int, used_cost: float, held: bool = True
     ) -> None:
         self._call("settle", tokens, cost, used_tokens, used_cost, held, wait=False)
 

@@ -54,6 +54,19 @@ class PairQuery:
 
 
 _ABBR, _ENT, _DESC, _HUM, _LOC, _NUM = LABELS
+_SHORT = dict(zip(("ABBR", "ENT", "DESC", "HUM", "LOC", "NUM"), LABELS, strict=True))
+
+
+def _asymmetric(first: str, second: str) -> PairQuery:
+    """An asymmetric query from its two sides written as "at least one HUM, exactly one LOC"
+    (labels by their short names)."""
+
+    def conditions(text: str) -> tuple[Condition, ...]:
+        parts = (part.strip().rsplit(" ", 1) for part in text.split(","))
+        return tuple((quantifier, _SHORT[label]) for quantifier, label in parts)
+
+    return PairQuery(False, first=conditions(first), second=conditions(second))
+
 
 QUERIES: tuple[PairQuery, ...] = (
     PairQuery(True, (_NUM, _LOC)),
@@ -66,28 +79,21 @@ QUERIES: tuple[PairQuery, ...] = (
     PairQuery(True, (_ENT, _LOC)),
     PairQuery(True, (_NUM, _ABBR), _NUM, "before", date(2023, 4, 10)),
     PairQuery(True, (_HUM, _DESC), _HUM, "after", date(2023, 5, 20)),
-    PairQuery(False, first=(("at least one", _ENT),), second=(("at least one", _ABBR),)),
-    PairQuery(
-        False,
-        first=(("at least two", _NUM),),
-        second=(("at least one", _LOC), ("at least one", _HUM)),
+    *(
+        _asymmetric(first, second)
+        for first, second in (
+            ("at least one ENT", "at least one ABBR"),
+            ("at least two NUM", "at least one LOC, at least one HUM"),
+            ("exactly one DESC", "at least one ENT"),
+            ("at least one HUM, at least one LOC", "exactly one NUM"),
+            ("exactly two ENT", "at least one DESC"),
+            ("at least two LOC", "exactly one ABBR"),
+            ("exactly one HUM", "exactly one ENT"),
+            ("at least one ABBR, at least one NUM", "at least two HUM"),
+            ("exactly two DESC", "at least one LOC"),
+            ("at least two ENT", "at least two NUM"),
+        )
     ),
-    PairQuery(False, first=(("exactly one", _DESC),), second=(("at least one", _ENT),)),
-    PairQuery(
-        False,
-        first=(("at least one", _HUM), ("at least one", _LOC)),
-        second=(("exactly one", _NUM),),
-    ),
-    PairQuery(False, first=(("exactly two", _ENT),), second=(("at least one", _DESC),)),
-    PairQuery(False, first=(("at least two", _LOC),), second=(("exactly one", _ABBR),)),
-    PairQuery(False, first=(("exactly one", _HUM),), second=(("exactly one", _ENT),)),
-    PairQuery(
-        False,
-        first=(("at least one", _ABBR), ("at least one", _NUM)),
-        second=(("at least two", _HUM),),
-    ),
-    PairQuery(False, first=(("exactly two", _DESC),), second=(("at least one", _LOC),)),
-    PairQuery(False, first=(("at least two", _ENT),), second=(("at least two", _NUM),)),
 )
 
 _TAIL = (

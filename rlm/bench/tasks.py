@@ -83,3 +83,8 @@ class Task:
             "context_chars": len(self.context),
             "approx_tokens": self.approx_tokens,
         }
+
+
+def word_list(text: str) -> tuple[str, ...]:
+    """A word list written as one "a|b|c" string (compact to read, one tuple to sample)."""
+    return tuple(text.split("|"))

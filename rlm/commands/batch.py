@@ -66,12 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ray = parser.add_argument_group("ray")
     ray.add_argument("--ray", action="store_true", help="run the tasks in Ray actors")
     ray.add_argument("--ray-address", help="join this Ray cluster (implies --ray)")
-    ray.add_argument(
+    rlm_options.add_repeatable(
+        ray,
         "--ray-env",
-        action="append",
-        default=[],
+        "set this environment variable of yours (an API key) in every Ray worker; repeatable",
         metavar="NAME",
-        help="set this environment variable of yours (an API key) in every Ray worker; repeatable",
     )
     ray.add_argument(
         "--max-attempts", type=int, default=3, help="tries per task when its worker dies"

@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 
 from rlm.commands.rlm_options import (
-    add_environment_arguments,
+    KEYS_NOTE,
     add_log_arguments,
-    add_model_arguments,
+    add_repeatable,
+    add_rlm_arguments,
     build_rlm,
 )
 from rlm.errors import ConfigurationError
@@ -27,21 +28,17 @@ EXIT_USAGE = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = (
-        "exit status: 0 the client disconnected; 2 bad usage or configuration\n\n"
-        "Provider API keys are read from environment variables only (e.g. OPENAI_API_KEY)."
+    add_rlm_arguments(
+        parser,
+        "exit status: 0 the client disconnected; 2 bad usage or configuration\n\n" + KEYS_NOTE,
     )
-    add_model_arguments(parser)
-    add_environment_arguments(parser)
     tool = parser.add_argument_group("tool")
-    tool.add_argument(
+    add_repeatable(
+        tool,
         "--allow-dir",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="a directory whose files context_path may name; repeatable (default: the working "
+        "a directory whose files context_path may name; repeatable (default: the working "
         "directory)",
+        metavar="DIR",
     )
     tool.add_argument(
         "--max-context-chars", type=int, help="largest context in characters (default: no limit)"

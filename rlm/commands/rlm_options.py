@@ -17,7 +17,11 @@ from rlm.errors import ConfigurationError
 from rlm.logger.redact import Redactor, is_sensitive_key
 
 
-def _repeatable(group: Any, flag: str, help_text: str, metavar: str = "KEY=VALUE") -> None:
+KEYS_NOTE = "Provider API keys are read from environment variables only (e.g. OPENAI_API_KEY)."
+
+
+def add_repeatable(group: Any, flag: str, help_text: str, metavar: str = "KEY=VALUE") -> None:
+    """A flag that may be given many times, collected in a list."""
     group.add_argument(flag, action="append", default=[], metavar=metavar, help=help_text)
 
 
@@ -30,6 +34,17 @@ def json_object(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("expected a JSON object")
     return value
+
+
+def add_rlm_arguments(
+    parser: argparse.ArgumentParser, epilog: str, scope: str = "the whole recursion tree"
+) -> None:
+    """The model, environment and limit options of a command that builds an `RLM`, with its
+    epilog (exit statuses, where keys come from) kept as written."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = epilog
+    add_model_arguments(parser)
+    add_environment_arguments(parser, scope)
 
 
 def add_model_arguments(
@@ -47,14 +62,16 @@ def add_model_arguments(
     else:
         model.add_argument("--backend", default="openai", help=backend_help)
     model.add_argument("--model", help="root model name (the backend's model_name)")
-    _repeatable(
+    add_repeatable(
         model,
         "--backend-arg",
         "extra backend argument (VALUE parsed as JSON when it is JSON); repeatable",
     )
     model.add_argument("--sub-backend", help="backend for sub-calls (default: --backend)")
     model.add_argument("--sub-model", help="model for sub-calls (default: the root model)")
-    _repeatable(model, "--sub-backend-arg", "extra argument for the sub-call backend; repeatable")
+    add_repeatable(
+        model, "--sub-backend-arg", "extra argument for the sub-call backend; repeatable"
+    )
     if json_spelling:
         for flag, instead in (
             ("--backend-kwargs", "--backend-arg"),
@@ -75,7 +92,7 @@ def add_environment_arguments(
     """`scope` says what --max-budget and --max-tokens bound (a batch: the whole batch)."""
     env = parser.add_argument_group("environment and limits")
     env.add_argument("--environment", "-e", default="local", help="where code runs (local, ...)")
-    _repeatable(env, "--env-arg", "environment argument, e.g. timeout=30; repeatable")
+    add_repeatable(env, "--env-arg", "environment argument, e.g. timeout=30; repeatable")
     env.add_argument("--max-depth", type=int, default=1)
     env.add_argument("--max-iterations", type=int, default=30)
     env.add_argument("--max-budget", type=float, help=f"USD over {scope}")

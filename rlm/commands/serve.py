@@ -21,12 +21,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from rlm.commands.rlm_options import (
-    add_environment_arguments,
-    add_log_arguments,
-    add_model_arguments,
-    build_rlm,
-)
+from rlm.commands.rlm_options import KEYS_NOTE, add_log_arguments, add_rlm_arguments, build_rlm
 from rlm.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -37,13 +32,11 @@ EXIT_USAGE = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = (
+    add_rlm_arguments(
+        parser,
         "exit status: 0 stopped (Ctrl+C, SIGTERM); 2 bad usage, configuration or port in use\n\n"
-        "Provider API keys are read from environment variables only (e.g. OPENAI_API_KEY)."
+        + KEYS_NOTE,
     )
-    add_model_arguments(parser)
-    add_environment_arguments(parser)
     server = parser.add_argument_group("server")
     server.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     server.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free)")

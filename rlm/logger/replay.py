@@ -514,56 +514,36 @@ def compare(expected: Trajectory, got: Trajectory) -> RerunReport:
 
 def _compare_run(before: _Run, after: _Run | None, report: RerunReport) -> None:
     turns_after = [] if after is None else after.iterations
+
+    def differs(iteration: int, block: int, name: str, expected: Any, got: Any) -> None:
+        report.differences.append(
+            CellDifference(before.run_id, before.depth, iteration, block, name, expected, got)
+        )
+
     for index, turn in enumerate(before.iterations):
         blocks = turn.get("code_blocks") or []
         report.cells += len(blocks)
         number = int(turn.get("iteration", index + 1))
         if index >= len(turns_after):
-            report.differences.append(
-                CellDifference(
-                    before.run_id, before.depth, number, 0, "iteration", "recorded", "not run"
-                )
-            )
+            differs(number, 0, "iteration", "recorded", "not run")
             continue
         new_blocks = turns_after[index].get("code_blocks") or []
         for position in range(max(len(blocks), len(new_blocks))):
             old_block = blocks[position] if position < len(blocks) else None
             new_block = new_blocks[position] if position < len(new_blocks) else None
             if old_block is None or new_block is None:
-                report.differences.append(
-                    CellDifference(
-                        before.run_id,
-                        before.depth,
-                        number,
-                        position + 1,
-                        "cell",
-                        "recorded" if old_block else "absent",
-                        "run" if new_block else "not run",
-                    )
+                differs(
+                    number,
+                    position + 1,
+                    "cell",
+                    "recorded" if old_block else "absent",
+                    "run" if new_block else "not run",
                 )
                 continue
             for name in COMPARED_FIELDS:
                 if old_block.get(name) != new_block.get(name):
-                    report.differences.append(
-                        CellDifference(
-                            before.run_id,
-                            before.depth,
-                            number,
-                            position + 1,
-                            name,
-                            old_block.get(name),
-                            new_block.get(name),
-                        )
-                    )
+                    differs(number, position + 1, name, old_block.get(name), new_block.get(name))
     for index in range(len(before.iterations), len(turns_after)):
-        report.differences.append(
-            CellDifference(
-                before.run_id,
-                before.depth,
-                int(turns_after[index].get("iteration", index + 1)),
-                0,
-                "iteration",
-                "absent",
-                "run",
-            )
+        differs(
+            int(turns_after[index].get("iteration", index + 1)), 0, "iteration", "absent", "run"
         )

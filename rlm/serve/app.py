@@ -349,15 +349,12 @@ def _usage(completion: RLMChatCompletion) -> dict[str, Any]:
 
 def _rlm_info(completion: RLMChatCompletion) -> dict[str, Any]:
     summary = completion.usage_summary
-    return {
-        "run_id": completion.run_id,
-        "stop_reason": completion.stop_reason,
-        "error": completion.error,
-        "iterations": completion.iterations,
-        "lm_calls": summary.total_calls,
-        "cost": summary.total_cost,
-        "execution_time": completion.execution_time,
-    }
+    info = {name: getattr(completion, name) for name in _RLM_INFO_FIELDS}
+    return {**info, "lm_calls": summary.total_calls, "cost": summary.total_cost}
+
+
+# The completion's fields a response's `rlm` object carries (with `lm_calls` and `cost`).
+_RLM_INFO_FIELDS = ("run_id", "stop_reason", "error", "iterations", "execution_time")
 
 
 def _sse(data: dict[str, Any]) -> bytes:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from rlm.testing._wire_common import (
+    ERROR_NAMES,
     ParsedPrompt,
     Segment,
     UsageCounts,
@@ -15,15 +16,6 @@ from rlm.testing._wire_common import (
     bearer,
     optional_int,
 )
-
-_ERROR_TYPES = {
-    "invalid_request": "invalid_request_error",
-    "authentication": "authentication_error",
-    "not_found": "not_found_error",
-    "rate_limit": "rate_limit_error",
-    "server": "api_error",
-    "context_length": "invalid_request_error",
-}
 
 
 def block_text(block: Any) -> str:
@@ -111,13 +103,7 @@ class AnthropicWire:
             last = segments[-1]
             segments[-1] = Segment(last.role, last.text, True)
         return ParsedPrompt(
-            model=model,
-            system=system_text,
-            messages=messages,
-            segments=segments,
-            max_output_tokens=max_tokens,
-            stream=bool(body.get("stream")),
-            problems=problems,
+            model, system_text, messages, segments, max_tokens, bool(body.get("stream")), problems
         )
 
     def authorized(self, headers: Mapping[str, str], query: Mapping[str, list[str]]) -> bool:
@@ -157,6 +143,6 @@ class AnthropicWire:
     def error(self, err: WireError) -> dict[str, Any]:
         return {
             "type": "error",
-            "error": {"type": _ERROR_TYPES[err.kind], "message": err.message},
+            "error": {"type": ERROR_NAMES[err.kind].anthropic, "message": err.message},
             "request_id": f"req_{secrets.token_hex(12)}",
         }

@@ -18,13 +18,32 @@ CHARS_PER_TOKEN = 4
 ErrorKind = Literal[
     "invalid_request", "authentication", "not_found", "rate_limit", "server", "context_length"
 ]
-STATUS_OF: dict[str, int] = {
-    "invalid_request": 400,
-    "authentication": 401,
-    "not_found": 404,
-    "rate_limit": 429,
-    "server": 500,
-    "context_length": 400,
+
+
+@dataclass(frozen=True)
+class ErrorNames:
+    """How each provider names one kind of error: HTTP status, OpenAI and Anthropic error
+    types, Gemini status."""
+
+    status: int
+    openai: str
+    anthropic: str
+    gemini: str
+
+
+ERROR_NAMES: dict[str, ErrorNames] = {
+    "invalid_request": ErrorNames(
+        400, "invalid_request_error", "invalid_request_error", "INVALID_ARGUMENT"
+    ),
+    "authentication": ErrorNames(
+        401, "invalid_request_error", "authentication_error", "UNAUTHENTICATED"
+    ),
+    "not_found": ErrorNames(404, "invalid_request_error", "not_found_error", "NOT_FOUND"),
+    "rate_limit": ErrorNames(429, "requests", "rate_limit_error", "RESOURCE_EXHAUSTED"),
+    "server": ErrorNames(500, "server_error", "api_error", "INTERNAL"),
+    "context_length": ErrorNames(
+        400, "invalid_request_error", "invalid_request_error", "INVALID_ARGUMENT"
+    ),
 }
 
 
@@ -118,7 +137,7 @@ class WireError(Exception):
 
     @property
     def status(self) -> int:
-        return STATUS_OF[self.kind]
+        return ERROR_NAMES[self.kind].status
 
 
 class Wire(Protocol):

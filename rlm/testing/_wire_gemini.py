@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from rlm.testing._wire_common import (
+    ERROR_NAMES,
     ParsedPrompt,
     Segment,
     UsageCounts,
@@ -15,15 +16,6 @@ from rlm.testing._wire_common import (
     bearer,
     optional_int,
 )
-
-_STATUS_NAMES = {
-    "invalid_request": "INVALID_ARGUMENT",
-    "authentication": "UNAUTHENTICATED",
-    "not_found": "NOT_FOUND",
-    "rate_limit": "RESOURCE_EXHAUSTED",
-    "server": "INTERNAL",
-    "context_length": "INVALID_ARGUMENT",
-}
 
 
 def parts_text(content: Any) -> str:
@@ -80,14 +72,7 @@ class GeminiWire:
             )
         config = body.get("generationConfig", body.get("generation_config")) or {}
         max_out = optional_int(config.get("maxOutputTokens", config.get("max_output_tokens")))
-        return ParsedPrompt(
-            model=model,
-            system=system,
-            messages=messages,
-            segments=segments,
-            max_output_tokens=max_out,
-            problems=problems,
-        )
+        return ParsedPrompt(model, system, messages, segments, max_out, problems=problems)
 
     def authorized(self, headers: Mapping[str, str], query: Mapping[str, list[str]]) -> bool:
         key = headers.get("x-goog-api-key", "").strip()
@@ -135,7 +120,7 @@ class GeminiWire:
             "error": {
                 "code": err.status,
                 "message": err.message,
-                "status": _STATUS_NAMES[err.kind],
+                "status": ERROR_NAMES[err.kind].gemini,
             }
         }
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from rlm.testing._wire_common import (
+    ERROR_NAMES,
     ParsedPrompt,
     Segment,
     UsageCounts,
@@ -18,14 +19,6 @@ from rlm.testing._wire_common import (
 )
 
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
-_ERROR_TYPES = {
-    "invalid_request": "invalid_request_error",
-    "authentication": "invalid_request_error",
-    "not_found": "invalid_request_error",
-    "rate_limit": "requests",
-    "server": "server_error",
-    "context_length": "invalid_request_error",
-}
 
 
 def content_text(content: Any) -> str:
@@ -84,14 +77,9 @@ class OpenAIWire:
         max_out = optional_int(body.get("max_completion_tokens"))
         if max_out is None:
             max_out = optional_int(body.get("max_tokens"))
+        system_text = "\n\n".join(system) if system else None
         return ParsedPrompt(
-            model=model,
-            system="\n\n".join(system) if system else None,
-            messages=messages,
-            segments=segments,
-            max_output_tokens=max_out,
-            stream=bool(body.get("stream")),
-            problems=problems,
+            model, system_text, messages, segments, max_out, bool(body.get("stream")), problems
         )
 
     def authorized(self, headers: Mapping[str, str], query: Mapping[str, list[str]]) -> bool:
@@ -160,7 +148,7 @@ class OpenAIWire:
         return {
             "error": {
                 "message": err.message,
-                "type": _ERROR_TYPES[err.kind],
+                "type": ERROR_NAMES[err.kind].openai,
                 "param": err.param,
                 "code": code,
             }

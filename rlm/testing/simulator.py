@@ -425,13 +425,13 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
     )
     url = sim.start()
-    print(f"rlm provider simulator on {url}", flush=True)
-    print(f"  OpenAI:    base_url={sim.openai_base_url}", flush=True)
-    print(f"  Azure:     azure_endpoint={sim.azure_endpoint}", flush=True)
-    print(f"  Anthropic: base_url={sim.anthropic_base_url}", flush=True)
-    print(f"  Gemini:    http_options.base_url={sim.gemini_base_url}", flush=True)
-    print("  any non-empty API key is accepted; Ctrl-C stops", flush=True)
-    try:
+    try:  # a Ctrl-C while the banner prints stops it as cleanly as one later
+        print(f"rlm provider simulator on {url}", flush=True)
+        print(f"  OpenAI:    base_url={sim.openai_base_url}", flush=True)
+        print(f"  Azure:     azure_endpoint={sim.azure_endpoint}", flush=True)
+        print(f"  Anthropic: base_url={sim.anthropic_base_url}", flush=True)
+        print(f"  Gemini:    http_options.base_url={sim.gemini_base_url}", flush=True)
+        print("  any non-empty API key is accepted; Ctrl-C stops", flush=True)
         threading.Event().wait()
     except KeyboardInterrupt:
         pass
