@@ -115,12 +115,25 @@ class LimitExceededError(RLMError):
         completion: Any = None,
         **figures: Any,
     ) -> None:
+        self._init_limit(message, partial_answer, completion, **figures)
+
+    def _init_limit(
+        self, message: str | None, partial_answer: str | None, completion: Any, **figures: Any
+    ) -> None:
         """The one init of every limit error: `figures` (elapsed/timeout, spent/budget, ...)
         become attributes and fill `template` when no `message` is given."""
         self.__dict__.update(figures)
         self.partial_answer = partial_answer
         self.completion = completion
-        super().__init__(message or self.template.format(name=type(self).__name__, **figures))
+        RLMError.__init__(
+            self, message or self.template.format(name=type(self).__name__, **figures)
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its message and attributes, not by calling __init__ with the message
+        # (which would take it for the first figure): a limit error survives pickling (Ray,
+        # multiprocessing).
+        return (_rebuild_error, (type(self), self.args, self.__dict__))
 
 
 class TimeoutExceededError(LimitExceededError):
@@ -140,13 +153,7 @@ class TimeoutExceededError(LimitExceededError):
         *,
         completion: Any = None,
     ) -> None:
-        super().__init__(
-            message,
-            partial_answer=partial_answer,
-            completion=completion,
-            elapsed=elapsed,
-            timeout=timeout,
-        )
+        self._init_limit(message, partial_answer, completion, elapsed=elapsed, timeout=timeout)
 
 
 class TokenLimitExceededError(LimitExceededError):
@@ -166,12 +173,8 @@ class TokenLimitExceededError(LimitExceededError):
         *,
         completion: Any = None,
     ) -> None:
-        super().__init__(
-            message,
-            partial_answer=partial_answer,
-            completion=completion,
-            tokens_used=tokens_used,
-            token_limit=token_limit,
+        self._init_limit(
+            message, partial_answer, completion, tokens_used=tokens_used, token_limit=token_limit
         )
 
 
@@ -192,13 +195,7 @@ class BudgetExceededError(LimitExceededError):
         partial_answer: str | None = None,
         completion: Any = None,
     ) -> None:
-        super().__init__(
-            message,
-            partial_answer=partial_answer,
-            completion=completion,
-            spent=spent,
-            budget=budget,
-        )
+        self._init_limit(message, partial_answer, completion, spent=spent, budget=budget)
 
 
 class SubcallLimitExceededError(LimitExceededError):
@@ -218,13 +215,7 @@ class SubcallLimitExceededError(LimitExceededError):
         *,
         completion: Any = None,
     ) -> None:
-        super().__init__(
-            message,
-            partial_answer=partial_answer,
-            completion=completion,
-            subcalls=subcalls,
-            limit=limit,
-        )
+        self._init_limit(message, partial_answer, completion, subcalls=subcalls, limit=limit)
 
 
 class ErrorThresholdExceededError(LimitExceededError):
@@ -246,10 +237,10 @@ class ErrorThresholdExceededError(LimitExceededError):
         *,
         completion: Any = None,
     ) -> None:
-        super().__init__(
+        self._init_limit(
             message,
-            partial_answer=partial_answer,
-            completion=completion,
+            partial_answer,
+            completion,
             error_count=error_count,
             threshold=threshold,
             last_error=last_error,
@@ -271,6 +262,13 @@ class CancellationError(RLMError):
         self.partial_answer = partial_answer
         self.completion = completion
         super().__init__(message or "Execution cancelled by user")
+
+
+def _rebuild_error(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 def error_type_name(exc: BaseException) -> str:

@@ -90,22 +90,13 @@ class BatchLedger:
             if self._tripped is not None:
                 return
             if self.max_tokens is not None and self.tokens >= self.max_tokens:
-                self._tripped = TokenLimitExceededError(
-                    tokens_used=self.tokens,
-                    token_limit=self.max_tokens,
-                    message=(
-                        f"the batch's max_tokens of {self.max_tokens} reached ({self.tokens} used)"
-                    ),
-                )
+                used = f"the batch's max_tokens of {self.max_tokens} reached ({self.tokens} used)"
+                self._tripped = TokenLimitExceededError(self.tokens, self.max_tokens, message=used)
             elif self.max_budget is not None and self.cost >= self.max_budget:
-                self._tripped = BudgetExceededError(
-                    spent=self.cost,
-                    budget=self.max_budget,
-                    message=(
-                        f"the batch's max_budget of ${self.max_budget} reached "
-                        f"(${self.cost:.6f} spent)"
-                    ),
+                spent = (
+                    f"the batch's max_budget of ${self.max_budget} reached (${self.cost:.6f} spent)"
                 )
+                self._tripped = BudgetExceededError(self.cost, self.max_budget, spent)
 
     def release(self, tokens: int, cost: float | None) -> None:
         """A call that held (`tokens`, `cost`) failed before it used anything."""

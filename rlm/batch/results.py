@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -51,31 +51,18 @@ class BatchResult:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "response": self.response,
-            "value": self.value,
-            "stop_reason": self.stop_reason,
-            "usage": self.usage,
-            "execution_time": self.execution_time,
-            "error": self.error,
-            "attempts": self.attempts,
-            "log_file": self.log_file,
-        }
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BatchResult:
-        return cls(
-            id=str(data["id"]),
-            response=data.get("response"),
-            value=data.get("value"),
-            stop_reason=data.get("stop_reason"),
-            usage=dict(data.get("usage") or {}),
-            execution_time=float(data.get("execution_time") or 0.0),
-            error=data.get("error"),
-            attempts=int(data.get("attempts") or 1),
-            log_file=data.get("log_file"),
-        )
+        """A result line read back; absent keys take their defaults."""
+        known = {f.name: data[f.name] for f in fields(cls) if data.get(f.name) is not None}
+        result = cls(**known)
+        result.id = str(result.id)
+        result.usage = dict(result.usage)
+        result.execution_time = float(result.execution_time)
+        result.attempts = int(result.attempts) or 1
+        return result
 
 
 class ResultFile:

@@ -32,6 +32,10 @@ def approx_tokens(text: str) -> int:
     return len(text) // CHARS_PER_TOKEN
 
 
+# What a results file keeps of a task, besides its id and sizes.
+_DESCRIBED = ("benchmark", "length", "index", "seed", "family", "answer_type", "question", "gold")
+
+
 @dataclass
 class Task:
     """One benchmark item.
@@ -70,19 +74,12 @@ class Task:
 
     def describe(self) -> dict[str, Any]:
         """What a results file records about the task (not the context or hidden labels)."""
-        return {
-            "task_id": self.task_id,
-            "benchmark": self.benchmark,
-            "length": self.length,
-            "index": self.index,
-            "seed": self.seed,
-            "family": self.family,
-            "answer_type": self.answer_type,
-            "question": self.question,
-            "gold": self.gold,
-            "context_chars": len(self.context),
-            "approx_tokens": self.approx_tokens,
-        }
+        described: dict[str, Any] = {"task_id": self.task_id}
+        for name in _DESCRIBED:
+            described[name] = getattr(self, name)
+        described["context_chars"] = len(self.context)
+        described["approx_tokens"] = self.approx_tokens
+        return described
 
 
 def word_list(text: str) -> tuple[str, ...]:

@@ -6,16 +6,7 @@ import secrets
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from rlm.testing._wire_common import (
-    ERROR_NAMES,
-    ParsedPrompt,
-    Segment,
-    UsageCounts,
-    WireError,
-    as_json_text,
-    bearer,
-    optional_int,
-)
+from rlm.testing import _wire_common as wire
 
 
 def block_text(block: Any) -> str:
@@ -23,12 +14,12 @@ def block_text(block: Any) -> str:
     if isinstance(block, str):
         return block
     if not isinstance(block, dict):
-        return as_json_text(block)
+        return wire.as_json_text(block)
     kind = block.get("type")
     if kind == "text":
         return str(block.get("text", ""))
     if kind == "tool_use":
-        return as_json_text(block.get("input", {}))
+        return wire.as_json_text(block.get("input", {}))
     if kind == "tool_result":
         inner = block.get("content", "")
         if isinstance(inner, list):
@@ -46,28 +37,28 @@ class AnthropicWire:
     cache_rule: Literal["prefix", "breakpoint"] = "breakpoint"
     request_id_header: str | None = "request-id"
 
-    def parse(self, body: dict[str, Any], route_model: str | None) -> ParsedPrompt:
+    def parse(self, body: dict[str, Any], route_model: str | None) -> wire.ParsedPrompt:
         problems: list[str] = []
         model = body.get("model")
         if not isinstance(model, str) or not model:
             problems.append("model: Field required")
             model = ""
-        max_tokens = optional_int(body.get("max_tokens"))
+        max_tokens = wire.optional_int(body.get("max_tokens"))
         if max_tokens is None:
             problems.append("max_tokens: Field required")
-        segments: list[Segment] = []
+        segments: list[wire.Segment] = []
         system_text: str | None = None
         raw_system = body.get("system")
         if isinstance(raw_system, str):
             system_text = raw_system
-            segments.append(Segment("system", raw_system))
+            segments.append(wire.Segment("system", raw_system))
         elif isinstance(raw_system, list):
             parts = []
             for block in raw_system:
                 text = block_text(block)
                 parts.append(text)
                 marked = isinstance(block, dict) and bool(block.get("cache_control"))
-                segments.append(Segment("system", text, marked))
+                segments.append(wire.Segment("system", text, marked))
             system_text = "\n".join(parts)
         elif raw_system is not None:
             problems.append("system: Input should be a valid string or list of text blocks")
@@ -87,7 +78,7 @@ class AnthropicWire:
             assert isinstance(msg, dict)
             content = msg.get("content")
             if isinstance(content, str):
-                segments.append(Segment(role, content))
+                segments.append(wire.Segment(role, content))
                 messages.append({"role": role, "content": content})
                 continue
             blocks = content if isinstance(content, list) else []
@@ -96,21 +87,21 @@ class AnthropicWire:
                 text = block_text(block)
                 texts.append(text)
                 marked = isinstance(block, dict) and bool(block.get("cache_control"))
-                segments.append(Segment(role, text, marked))
+                segments.append(wire.Segment(role, text, marked))
             messages.append({"role": role, "content": "\n".join(texts)})
         if body.get("cache_control") and segments:
             # Automatic caching: a top-level cache_control marks the last cacheable block.
             last = segments[-1]
-            segments[-1] = Segment(last.role, last.text, True)
-        return ParsedPrompt(
+            segments[-1] = wire.Segment(last.role, last.text, True)
+        return wire.ParsedPrompt(
             model, system_text, messages, segments, max_tokens, bool(body.get("stream")), problems
         )
 
     def authorized(self, headers: Mapping[str, str], query: Mapping[str, list[str]]) -> bool:
-        return bool(headers.get("x-api-key", "").strip() or bearer(headers))
+        return bool(headers.get("x-api-key", "").strip() or wire.bearer(headers))
 
     def success(
-        self, prompt: ParsedPrompt, text: str, truncated: bool, usage: UsageCounts
+        self, prompt: wire.ParsedPrompt, text: str, truncated: bool, usage: wire.UsageCounts
     ) -> dict[str, Any]:
         fresh = max(0, usage.prompt_tokens - usage.cache_read - usage.cache_write)
         return {
@@ -140,9 +131,9 @@ class AnthropicWire:
     def context_message(self, tokens: int, window: int) -> str:
         return f"prompt is too long: {tokens} tokens > {window} maximum"
 
-    def error(self, err: WireError) -> dict[str, Any]:
+    def error(self, err: wire.WireError) -> dict[str, Any]:
         return {
             "type": "error",
-            "error": {"type": ERROR_NAMES[err.kind].anthropic, "message": err.message},
+            "error": {"type": wire.ERROR_NAMES[err.kind].anthropic, "message": err.message},
             "request_id": f"req_{secrets.token_hex(12)}",
         }

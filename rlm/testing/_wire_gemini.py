@@ -6,16 +6,7 @@ import secrets
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from rlm.testing._wire_common import (
-    ERROR_NAMES,
-    ParsedPrompt,
-    Segment,
-    UsageCounts,
-    WireError,
-    as_json_text,
-    bearer,
-    optional_int,
-)
+from rlm.testing import _wire_common as wire
 
 
 def parts_text(content: Any) -> str:
@@ -33,7 +24,7 @@ def parts_text(content: Any) -> str:
         else:
             for key in ("functionCall", "function_call", "functionResponse", "function_response"):
                 if key in part:
-                    texts.append(as_json_text(part[key]))
+                    texts.append(wire.as_json_text(part[key]))
     return "\n".join(texts)
 
 
@@ -44,15 +35,15 @@ class GeminiWire:
     cache_rule: Literal["prefix", "breakpoint"] = "prefix"
     request_id_header: str | None = None
 
-    def parse(self, body: dict[str, Any], route_model: str | None) -> ParsedPrompt:
+    def parse(self, body: dict[str, Any], route_model: str | None) -> wire.ParsedPrompt:
         problems: list[str] = []
         model = (route_model or "").removeprefix("models/")
-        segments: list[Segment] = []
+        segments: list[wire.Segment] = []
         system: str | None = None
         raw_system = body.get("systemInstruction", body.get("system_instruction"))
         if raw_system is not None:
             system = parts_text(raw_system)
-            segments.append(Segment("system", system))
+            segments.append(wire.Segment("system", system))
         raw = body.get("contents")
         if isinstance(raw, dict):
             raw = [raw]
@@ -66,20 +57,20 @@ class GeminiWire:
                 problems.append(f"* GenerateContentRequest.contents[{i}].role: invalid role")
                 continue
             text = parts_text(content)
-            segments.append(Segment(str(role), text))
+            segments.append(wire.Segment(str(role), text))
             messages.append(
                 {"role": "assistant" if role == "model" else str(role), "content": text}
             )
         config = body.get("generationConfig", body.get("generation_config")) or {}
-        max_out = optional_int(config.get("maxOutputTokens", config.get("max_output_tokens")))
-        return ParsedPrompt(model, system, messages, segments, max_out, problems=problems)
+        max_out = wire.optional_int(config.get("maxOutputTokens", config.get("max_output_tokens")))
+        return wire.ParsedPrompt(model, system, messages, segments, max_out, problems=problems)
 
     def authorized(self, headers: Mapping[str, str], query: Mapping[str, list[str]]) -> bool:
         key = headers.get("x-goog-api-key", "").strip()
-        return bool(key or any(k.strip() for k in query.get("key", [])) or bearer(headers))
+        return bool(key or any(k.strip() for k in query.get("key", [])) or wire.bearer(headers))
 
     def success(
-        self, prompt: ParsedPrompt, text: str, truncated: bool, usage: UsageCounts
+        self, prompt: wire.ParsedPrompt, text: str, truncated: bool, usage: wire.UsageCounts
     ) -> dict[str, Any]:
         meta: dict[str, Any] = {
             "promptTokenCount": usage.prompt_tokens,
@@ -115,12 +106,12 @@ class GeminiWire:
             f"({window})."
         )
 
-    def error(self, err: WireError) -> dict[str, Any]:
+    def error(self, err: wire.WireError) -> dict[str, Any]:
         return {
             "error": {
                 "code": err.status,
                 "message": err.message,
-                "status": ERROR_NAMES[err.kind].gemini,
+                "status": wire.ERROR_NAMES[err.kind].gemini,
             }
         }
 

@@ -20,6 +20,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Protocol
@@ -44,15 +45,9 @@ class Simulated(Protocol):
 
     def _in_flight_scope(self) -> contextlib.AbstractContextManager[None]: ...
 
-    def _receive(
-        self,
-        wire: Wire,
-        path: str,
-        route_model: str | None,
-        body: dict[str, Any],
-        headers: dict[str, str],
-        received: float,
-    ) -> tuple[ParsedPrompt, SimRequest]: ...
+    @property
+    def _receive(self) -> Callable[..., tuple[ParsedPrompt, SimRequest]]:
+        """Parse and record a request: (wire, path, route model, body, headers, received)."""
 
     def _generate(
         self, wire: Wire, prompt: ParsedPrompt, request: SimRequest, query: dict[str, list[str]]

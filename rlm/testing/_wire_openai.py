@@ -7,16 +7,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from rlm.testing._wire_common import (
-    ERROR_NAMES,
-    ParsedPrompt,
-    Segment,
-    UsageCounts,
-    WireError,
-    as_json_text,
-    bearer,
-    optional_int,
-)
+from rlm.testing import _wire_common as wire
 
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
@@ -35,7 +26,7 @@ def content_text(content: Any) -> str:
             elif isinstance(part, str):
                 texts.append(part)
         return "\n".join(texts)
-    return as_json_text(content)
+    return wire.as_json_text(content)
 
 
 class OpenAIWire:
@@ -48,7 +39,7 @@ class OpenAIWire:
     def __init__(self, *, azure: bool = False) -> None:
         self.azure = azure
 
-    def parse(self, body: dict[str, Any], route_model: str | None) -> ParsedPrompt:
+    def parse(self, body: dict[str, Any], route_model: str | None) -> wire.ParsedPrompt:
         problems: list[str] = []
         model = route_model or body.get("model")
         if not isinstance(model, str) or not model:
@@ -60,7 +51,7 @@ class OpenAIWire:
             raw = []
         system: list[str] = []
         messages: list[dict[str, str]] = []
-        segments: list[Segment] = []
+        segments: list[wire.Segment] = []
         for i, msg in enumerate(raw):
             if not isinstance(msg, dict) or msg.get("role") not in _ROLES:
                 problems.append(f"Invalid value for 'messages[{i}].role'")
@@ -68,25 +59,25 @@ class OpenAIWire:
             role = str(msg["role"])
             text = content_text(msg.get("content"))
             if msg.get("tool_calls"):
-                text += as_json_text(msg["tool_calls"])
-            segments.append(Segment(role, text))
+                text += wire.as_json_text(msg["tool_calls"])
+            segments.append(wire.Segment(role, text))
             if role in ("system", "developer"):
                 system.append(text)
             else:
                 messages.append({"role": role, "content": text})
-        max_out = optional_int(body.get("max_completion_tokens"))
+        max_out = wire.optional_int(body.get("max_completion_tokens"))
         if max_out is None:
-            max_out = optional_int(body.get("max_tokens"))
+            max_out = wire.optional_int(body.get("max_tokens"))
         system_text = "\n\n".join(system) if system else None
-        return ParsedPrompt(
+        return wire.ParsedPrompt(
             model, system_text, messages, segments, max_out, bool(body.get("stream")), problems
         )
 
     def authorized(self, headers: Mapping[str, str], query: Mapping[str, list[str]]) -> bool:
-        return bool(bearer(headers) or headers.get("api-key", "").strip())
+        return bool(wire.bearer(headers) or headers.get("api-key", "").strip())
 
     def success(
-        self, prompt: ParsedPrompt, text: str, truncated: bool, usage: UsageCounts
+        self, prompt: wire.ParsedPrompt, text: str, truncated: bool, usage: wire.UsageCounts
     ) -> dict[str, Any]:
         return {
             "id": f"chatcmpl-{secrets.token_hex(12)}",
@@ -136,7 +127,7 @@ class OpenAIWire:
             f"resulted in {tokens} tokens. Please reduce the length of the messages."
         )
 
-    def error(self, err: WireError) -> dict[str, Any]:
+    def error(self, err: wire.WireError) -> dict[str, Any]:
         code = err.code
         if code is None:
             code = {
@@ -148,7 +139,7 @@ class OpenAIWire:
         return {
             "error": {
                 "message": err.message,
-                "type": ERROR_NAMES[err.kind].openai,
+                "type": wire.ERROR_NAMES[err.kind].openai,
                 "param": err.param,
                 "code": code,
             }
