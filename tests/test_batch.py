@@ -308,3 +308,63 @@ def test_results_file_writes_each_id_once(tmp_path: Path) -> None:
         assert results.write(BatchResult(id="a", response="1"))
         assert not results.write(BatchResult(id="a", response="2"))
     assert [r["response"] for r in lines_of(tmp_path / "r.jsonl")] == ["1"]
+
+
+def test_a_repeated_id_in_an_iterable_of_tasks_is_refused_before_any_run(
+    sim: ProviderSimulator, tmp_path: Path
+) -> None:
+    tasks = [*tasks_of(2), {"id": "t0", "context": "again"}]
+    with pytest.raises(BadTaskLine, match=r"line 3: duplicate id 't0'"):
+        list(run_batch(tasks, spec_of(sim), out=tmp_path / "r.jsonl"))
+    assert sim.requests == []
+
+
+def test_a_result_line_reads_back_as_the_same_result(tmp_path: Path) -> None:
+    from rlm.batch.results import BatchResult
+
+    result = BatchResult(
+        id="q1",
+        response="x",
+        value={"n": 1},
+        stop_reason="max_tokens",
+        usage={"total_input_tokens": 3},
+        execution_time=1.5,
+        error="stopped: max_tokens",
+        attempts=2,
+        log_file="logs/q1.jsonl",
+    )
+    assert BatchResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+    # An old or hand-written line without the optional keys takes the defaults.
+    assert BatchResult.from_dict({"id": 7}) == BatchResult(id="7")
+
+
+def test_a_dropped_predictor_closes_its_rlms(sim: ProviderSimulator) -> None:
+    import gc
+
+    from rlm.batch import RLMPredictor
+
+    predictor = RLMPredictor(spec_of(sim))
+    out = predictor({"context": ["a", "b"], "id": ["1", "2"]})
+    assert out["response"] == ["A", "B"] and out["error"] == ["", ""]
+    runner = predictor.runner
+    (rlm,) = runner._rlms.values()
+    closed: list[bool] = []
+    original_close = rlm.close
+    rlm.close = lambda: (closed.append(True), original_close())[1]  # type: ignore[method-assign]
+    del predictor, out
+    gc.collect()
+    assert closed == [True] and runner._rlms == {}
+
+
+def test_a_predictor_closed_twice_closes_once(sim: ProviderSimulator) -> None:
+    from rlm.batch import RLMPredictor
+
+    predictor = RLMPredictor(spec_of(sim))
+    predictor({"context": ["a"]})
+    (rlm,) = predictor.runner._rlms.values()
+    calls: list[bool] = []
+    original_close = rlm.close
+    rlm.close = lambda: (calls.append(True), original_close())[1]  # type: ignore[method-assign]
+    predictor.close()
+    predictor.close()
+    assert calls == [True]

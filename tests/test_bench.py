@@ -703,6 +703,10 @@ def test_bench_and_run_map_options_to_the_same_rlm_settings() -> None:
     assert bench.settings == rlm_options.rlm_settings(run_args)
     assert bench.settings["environment_kwargs"] == {"timeout": 30}
     assert bench.settings["max_subcalls"] == 9
+    assert bench.settings["other_backends"] == ["openai"]
+    assert bench.settings["other_backend_kwargs"] == [
+        {"base_url": "http://h/v1", "model_name": "gpt-5-mini"}
+    ]
 
 
 def test_older_backend_kwargs_refuses_secrets_and_bad_json(
