@@ -255,7 +255,8 @@ def test_ctrl_c_on_run_ends_the_log_and_prints_its_path(
 
 
 def bench_args(sim: ProviderSimulator, out: Path, n: int) -> list[str]:
-    kwargs = json.dumps({"base_url": sim.openai_base_url, "api_key": "x", "max_retries": 0})
+    # The key comes from OPENAI_API_KEY: no spelling of the options takes it on the command line.
+    kwargs = json.dumps({"base_url": sim.openai_base_url, "max_retries": 0})
     return [
         "bench",
         "sniah",
@@ -281,7 +282,7 @@ def test_ctrl_c_on_bench_keeps_every_finished_task(tmp_path: Path) -> None:
             rlm_cmd(*bench_args(sim, out, 50)),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=env(),
+            env=env(OPENAI_API_KEY="x"),
             cwd=ROOT,
         )
         wait_for_line(out, '"task_id"')  # a task finished: the file has it already
@@ -305,7 +306,7 @@ def test_bench_where_every_task_failed_exits_1(tmp_path: Path) -> None:
             capture_output=True,
             text=True,
             timeout=WAIT,
-            env=env(),
+            env=env(OPENAI_API_KEY="x"),
             cwd=ROOT,
         )
     assert done.returncode == 1, done.stdout + done.stderr

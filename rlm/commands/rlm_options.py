@@ -16,7 +16,6 @@ from typing import Any
 from rlm.errors import ConfigurationError
 from rlm.logger.redact import Redactor, is_sensitive_key
 
-
 KEYS_NOTE = "Provider API keys are read from environment variables only (e.g. OPENAI_API_KEY)."
 
 
