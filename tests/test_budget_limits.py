@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from overlap import Overlap
 
 from rlm import RLM, ConfigurationError
 from rlm.clients.pricing import register_price
@@ -57,9 +58,9 @@ class CallCosts(Observer):
         return max(u.input_tokens + u.output_tokens for u in self.usages)
 
 
-def make_reply(code: str) -> Any:
+def make_reply(code: str, subs: Overlap | None = None) -> Any:
     """Root: run `code`, then finish. A child RLM's turn (it has a system prompt): one
-    sub-call, then FINAL. A plain sub-call: 400 characters."""
+    sub-call, then FINAL. A plain sub-call: 400 characters (inside `subs`, when given)."""
 
     def reply(request: SimRequest) -> str:
         if request.model == "root-model":
@@ -68,6 +69,9 @@ def make_reply(code: str) -> Any:
             return repl(code)
         if request.system:
             return repl("r = llm_query('z' * 400)\nFINAL(r[:3])")
+        if subs is not None:
+            with subs:
+                return SUB_REPLY
         return SUB_REPLY
 
     return reply
@@ -176,14 +180,15 @@ def test_child_rlms_share_the_budget_and_stay_within_it() -> None:
 def test_an_ample_budget_keeps_calls_concurrent_and_a_tight_one_waits_not_refuses() -> None:
     # Capped output (max_tokens=150): each call reserves ~410 input + 150 output tokens.
     code = "rs = llm_query_batched(['x' * 400] * 100)\nprint(sum(r == 'y' * 400 for r in rs), 'ok')"
-    with ProviderSimulator(reply=make_reply(code), latency=0.05) as sim:
+    subs = Overlap(hold=11)  # the first sub-calls wait until eleven are at the provider at once
+    with ProviderSimulator(reply=make_reply(code, subs)) as sim:
         costs = CallCosts()
         with make_rlm(
             sim, costs, max_budget=100.0, sub={"sampling_args": {"max_tokens": 150}}
         ) as r:
             out = r.completion("ctx")
         assert "100 ok" in printed(out)
-        assert sim.stats["max_in_flight"] > 10  # the budget did not serialise the batch
+    assert subs.peak >= 11 and not subs.broken  # the budget did not serialise the batch
     # A budget with room for ~20 real calls ($0.02 each) but only ~7 worst cases ($0.056 each)
     # at once: calls wait for others to settle instead of being refused, so ~20 answer.
     with ProviderSimulator(reply=make_reply(code), latency=0.02) as sim:

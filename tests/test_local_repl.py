@@ -164,14 +164,11 @@ def test_stdout_and_stderr_are_captured_separately(env: LocalREPL) -> None:
 
 def test_infinite_loop_times_out_and_the_repl_keeps_working() -> None:
     with LocalREPL(timeout=0.5) as env:
-        started = time.monotonic()
         result = env.execute("kept = 'yes'\nwhile True:\n    pass")
-        elapsed = time.monotonic() - started
         assert result.timed_out
         assert result.error == "TimeoutError: cell exceeded 0.5s"
         assert "TimeoutError: cell exceeded 0.5s" in result.stderr
         assert "<cell 1>" in result.stderr  # where the cell was when it was stopped
-        assert elapsed < 5
         after = env.execute("kept")
         assert not after.timed_out and after.stdout == "'yes'\n"
 
@@ -182,12 +179,11 @@ def test_timeout_interrupts_a_cell_waiting_on_a_sub_call() -> None:
             return concurrent.futures.Future()  # never completes
 
     with LocalREPL(timeout=0.5) as env:
-        env._repl.channel = Stuck()
-        started = time.monotonic()
+        env._repl.channel = Stuck()  # the sub-call never answers: only the timeout ends it
         result = env.execute("llm_query('hi')")
-        assert result.timed_out and time.monotonic() - started < 5
+        assert result.timed_out and result.error == "TimeoutError: cell exceeded 0.5s"
         result = env.execute("f = llm_query_async('hi')\nf.result()")
-        assert result.timed_out and time.monotonic() - started < 10
+        assert result.timed_out and result.error == "TimeoutError: cell exceeded 0.5s"
 
 
 def test_timeouts_racing_cell_ends_never_leak_into_host_code() -> None:

@@ -15,6 +15,7 @@ import threading
 from typing import Any
 
 import pytest
+from overlap import Overlap
 from sandbox_kinds import require_kind
 
 from rlm import RLM
@@ -211,28 +212,21 @@ def test_send_lm_request_reaches_a_handler_the_user_started() -> None:
 
 
 def test_batch_max_concurrent_bounds_one_batch() -> None:
-    active = 0
-    peak = 0
-    lock = threading.Lock()
-    gate = threading.Event()
+    # The first calls wait inside until a third joins them, which the bound never lets in:
+    # the guard breaks the gate with exactly two inside. Unbounded, a third would come in.
+    inside = Overlap(hold=3, guard=3.0)
 
     class Slow(SyncOnlyLM):
         def completion(self, prompt: Any) -> str:
-            nonlocal active, peak
-            with lock:
-                active += 1
-                peak = max(peak, active)
-            gate.wait(0.05)
-            with lock:
-                active -= 1
-            return str(prompt)
+            with inside:
+                return str(prompt)
 
     with LMHandler(client=Slow(), batch_max_concurrent=2) as handler:
         out = send_lm_request_batched(handler.address, [str(i) for i in range(8)])
     assert [r.chat_completion.response for r in out if r.chat_completion] == [
         str(i) for i in range(8)
     ]
-    assert peak <= 2
+    assert inside.peak == 2 and inside.broken  # two at once, and no third ever joined them
 
 
 def test_the_handler_still_refuses_unauthenticated_frames() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from overlap import Overlap
 
 from rlm import RLM
 from rlm.testing import ProviderSimulator, SimRequest
@@ -37,7 +38,13 @@ def run_code(code: str, sub: ProviderSimulator, **kwargs: Any) -> Any:
 
 
 def test_two_async_calls_are_in_flight_together() -> None:
-    with ProviderSimulator(lambda r: r.messages[-1]["content"] + "!", latency=0.2) as sub:
+    both = Overlap(hold=2)  # the provider answers neither until both are at it
+
+    def reply(request: SimRequest) -> str:
+        with both:
+            return str(request.messages[-1]["content"]) + "!"
+
+    with ProviderSimulator(reply) as sub:
         value = run_code(
             "a = llm_query_async('one')\nb = llm_query_async('two')\n"
             "FINAL([a.result(), b.result()])",
@@ -45,7 +52,7 @@ def test_two_async_calls_are_in_flight_together() -> None:
         )
         assert value == ["one!", "two!"]
         assert sub.stats["requests"] == 2
-        assert sub.stats["max_in_flight"] >= 2  # both were at the provider at the same time
+        assert sub.stats["max_in_flight"] == 2 and both.peak == 2 and not both.broken
 
 
 def test_async_call_does_not_block_the_code_that_follows() -> None:

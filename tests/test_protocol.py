@@ -325,10 +325,8 @@ def test_read_frame_waits_for_a_frame_but_not_for_a_stalled_one() -> None:
 
     async def stalled() -> None:
         reader = _reader(HEADER.pack(100) + b"{", eof=False)
-        started = time.monotonic()
-        with pytest.raises(ProtocolError, match="within"):
-            await read_frame(reader, frame_timeout=0.2)
-        assert time.monotonic() - started < 5
+        with pytest.raises(ProtocolError, match="within"):  # wait_for: a hang guard only
+            await asyncio.wait_for(read_frame(reader, frame_timeout=0.2), 20)
 
     async def trickle() -> None:
         # One deadline for the whole frame: a byte every 50 ms cannot keep it alive.

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
+
+from overlap import Overlap
 
 from rlm import RLM
 from rlm.core.events import Observer, RunEvent, RunInfo
@@ -18,20 +19,22 @@ def repl(code: str) -> str:
 
 
 def test_twenty_concurrent_acompletions_in_one_process() -> None:
+    # Each root call waits inside the model until all twenty are in: only completions that
+    # run at the same time get there; queued ones would leave the peak at 1.
+    together = Overlap(hold=20)
+
     def root(messages: list[Message]) -> str:
-        time.sleep(0.05)  # a slow model: the completions must overlap, not queue
-        return repl("FINAL(context.upper())")
+        with together:
+            return repl("FINAL(context.upper())")
 
     async def main(rlm: RLM) -> list[str]:
         outs = await asyncio.gather(*[rlm.acompletion(f"doc{i}") for i in range(20)])
         return [o.response for o in outs]
 
     with RLM(backend="scripted", backend_kwargs={"responses": root}) as rlm:
-        started = time.monotonic()
         answers = asyncio.run(main(rlm))
-        elapsed = time.monotonic() - started
     assert answers == [f"DOC{i}" for i in range(20)]
-    assert elapsed < 20 * 0.05  # sequential would take at least this long
+    assert together.peak == 20 and not together.broken
 
 
 def test_depth_backend_map_and_child_model_choice() -> None:
