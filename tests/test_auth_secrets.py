@@ -4,6 +4,7 @@ never in any process's argv or environment; keys and tokens never reach logs or 
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from rlm.clients.base import BaseLM
 from rlm.core.lm_handler import LMHandler, Session
 from rlm.core.types import LMResponse, Message
 from rlm.environments import get_environment
-from rlm.errors import AuthenticationError
+from rlm.errors import AuthenticationError, RemoteError
 from rlm.logger import RLMLogger
 from rlm.runtime.protocol import Connection, FrameDecoder, encode_frame
 from rlm.testing import ProviderSimulator
@@ -138,9 +139,13 @@ def test_a_revoked_token_is_refused_and_sessions_do_not_share_tokens(
 
 
 def test_the_run_token_dies_with_the_run() -> None:
-    """Code in the local environment can read its own token (SECURITY.md); after the run it
-    is useless."""
-    grab = repl("FINAL(llm_query.__self__.channel._endpoint.token)")
+    """Code in the local environment can reach its own link to the LM service and the
+    session's token (SECURITY.md); after the run both are useless."""
+    grab = repl(
+        "import builtins\n"
+        "builtins._rlm_test_link = llm_query.__self__.channel\n"
+        "FINAL(llm_query.__self__.channel.session.token)"
+    )
     with RLM(
         backend="scripted",
         backend_kwargs={"model_name": "root", "responses": [grab]},
@@ -149,7 +154,10 @@ def test_the_run_token_dies_with_the_run() -> None:
         out = rlm.completion("ctx")
         token = out.response
         assert len(token) >= 43
-        address = rlm.handler.address
+        link = builtins.__dict__.pop("_rlm_test_link")
+        with pytest.raises(RemoteError, match="the session is closed"):
+            link.request({"type": "llm", "prompt": "x"}, timeout=10)
+        address = rlm.service.tcp().address
         assert address is not None
         with pytest.raises(AuthenticationError):
             Connection.connect(*address, token, timeout=10)
@@ -239,14 +247,14 @@ def test_the_token_is_not_in_argv_or_in_any_child_environment(
 def record_tokens(rlm: RLM) -> list[str]:
     """The tokens of every session the RLM opens from now on (kept for the assertions)."""
     tokens: list[str] = []
-    original = rlm.handler.open_session
+    original = rlm.service.open_session
 
     def recording_open_session(**kwargs: Any) -> Session:
         session = original(**kwargs)
         tokens.append(session.token)
         return session
 
-    rlm.handler.open_session = recording_open_session  # type: ignore[method-assign]
+    rlm.service.open_session = recording_open_session  # type: ignore[method-assign]
     return tokens
 
 

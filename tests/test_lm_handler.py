@@ -20,7 +20,7 @@ from rlm.core.aio import run_sync
 from rlm.core.budget import Budget, Limits
 from rlm.core.lm_handler import LMHandler, Session
 from rlm.core.router import Router
-from rlm.core.types import LMResponse, Message, SubcallRecord, Usage, UsageLedger
+from rlm.core.types import ChildResult, LMResponse, Message, SubcallRecord, Usage, UsageLedger
 from rlm.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -606,10 +606,9 @@ def test_rlm_spawns_a_child_below_max_depth(make_handler: Callable[..., LMHandle
     handler = make_handler(client)
     calls: list[tuple[Any, Any, str | None]] = []
 
-    async def spawn(prompt: Any, context: Any, model: str | None) -> dict[str, Any]:
+    async def spawn(prompt: Any, context: Any, model: str | None) -> ChildResult:
         calls.append((prompt, context, model))
-        usage = {"input_tokens": 10, "output_tokens": 2}
-        return {"text": f"child:{prompt}", "model": "child", "usage": usage, "value": [1, 2]}
+        return ChildResult(f"child:{prompt}", "child", Usage(10, 2), value=[1, 2])
 
     session = handler.open_session(
         depth=0, max_depth=2, spawn=spawn, budget=Budget(Limits(max_subcalls=5))
@@ -647,9 +646,9 @@ def test_rlm_at_max_depth_is_a_plain_lm_call(make_handler: Callable[..., LMHandl
     handler = make_handler(client)
     spawned: list[Any] = []
 
-    async def spawn(prompt: Any, context: Any, model: str | None) -> dict[str, Any]:
+    async def spawn(prompt: Any, context: Any, model: str | None) -> ChildResult:
         spawned.append(prompt)
-        return {"text": "child"}
+        return ChildResult("child", "child")
 
     at_max = handler.open_session(depth=1, max_depth=2, spawn=spawn)
     no_spawn = handler.open_session(depth=0, max_depth=3)

@@ -6,14 +6,12 @@ Kept apart from `rlm.core.rlm` so the class reads as the run it drives.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rlm.core.budget import Budget
 from rlm.core.types import RLMChatCompletion
-from rlm.environments.base import ToolSpec
 from rlm.errors import (
     BudgetExceededError,
     ConfigurationError,
@@ -24,9 +22,6 @@ from rlm.errors import (
     TimeoutExceededError,
     TokenLimitExceededError,
 )
-from rlm.runtime.repl import HELPER_NAMES
-
-RESERVED_NAMES = frozenset({*HELPER_NAMES, "answer", "context", "history"})
 
 MAX_CONTEXT_DEPTH = 500  # the nesting every environment's loader accepts
 
@@ -157,32 +152,3 @@ def with_sampling_args(
 def check_int(name: str, value: Any, *, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigurationError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
-def normalise_tools(
-    tools: Mapping[str, Any] | None,
-) -> tuple[dict[str, Callable[..., Any]], dict[str, ToolSpec]]:
-    """Split custom tools into host-side callables and the specs environments see."""
-    callables: dict[str, Callable[..., Any]] = {}
-    specs: dict[str, ToolSpec] = {}
-    for name, entry in (tools or {}).items():
-        if not isinstance(name, str) or not name.isidentifier():
-            raise ConfigurationError(f"custom tool name {name!r} is not a Python identifier")
-        if name in RESERVED_NAMES or name.startswith(("context_", "history_")):
-            raise ConfigurationError(f"custom tool name {name!r} is reserved by the REPL")
-        description = ""
-        if isinstance(entry, Mapping) and "tool" in entry:
-            description = str(entry.get("description", ""))
-            entry = entry["tool"]
-        if callable(entry):
-            callables[name] = entry
-            specs[name] = ToolSpec(name, description or (entry.__doc__ or "").strip(), True)
-        else:
-            try:
-                json.dumps(entry, allow_nan=False)
-            except (TypeError, ValueError) as exc:
-                raise ConfigurationError(
-                    f"custom tool {name!r} is neither callable nor JSON data ({exc})"
-                ) from exc
-            specs[name] = ToolSpec(name, description, False, entry)
-    return callables, specs

@@ -3,8 +3,8 @@
 Same framing as the reference (a 4-byte big-endian length, then a UTF-8 JSON object; our
 `rlm.runtime.protocol`), but our LMHandler authenticates every connection with a session
 token. So `send_lm_request(address, ...)` from this process looks up the handler started at
-`address` (`rlm.core.lm_handler.running_handler`), takes a session from it, and sends a token-
-authenticated request over TCP: the handler's real request path, no unauthenticated port.
+`address` (`rlm.transport.tcp.running_handler`), takes a session from it, and hands the request
+to that handler's service in this process: its real request path, no unauthenticated port.
 A handler in another process is out of reach this way (it has no token to give): connect with
 `rlm.runtime.protocol.Connection` and a `HandlerEndpoint` instead.
 """
@@ -17,11 +17,12 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from rlm.core.lm_handler import LMHandler, Session, running_handler
+from rlm.core.service import ServiceLink
 from rlm.core.types import ModelUsageSummary, Prompt, RLMChatCompletion, Usage, UsageSummary
 from rlm.environments.base import HandlerEndpoint
 from rlm.errors import ProtocolError, RLMError
-from rlm.runtime.protocol import Connection, recv_frame, send_frame
+from rlm.runtime.protocol import recv_frame, send_frame
+from rlm.transport.tcp import LMHandler, running_handler
 
 __all__ = [
     "LMRequest",
@@ -146,27 +147,35 @@ def socket_request(
 
 # ------------------------------------------------------------------------- the LMHandler
 
-_SESSIONS: weakref.WeakKeyDictionary[LMHandler, Session] = weakref.WeakKeyDictionary()
-_SESSIONS_LOCK = threading.Lock()
+_LINKS: weakref.WeakKeyDictionary[LMHandler, ServiceLink] = weakref.WeakKeyDictionary()
+_LINKS_LOCK = threading.Lock()
 
 
-def handler_endpoint(address: tuple[str, int]) -> HandlerEndpoint:
-    """An authenticated endpoint for the LMHandler this process started at `address`.
-
-    One session per handler, at depth 0 (so requests are served at depth 1, the reference's
-    sub-call depth). Raises ProtocolError when no such handler runs in this process.
-    """
+def _handler_at(address: tuple[str, int]) -> LMHandler:
     handler = running_handler(address)
     if handler is None:
         raise ProtocolError(
             f"no LMHandler of this process is listening at {address[0]}:{address[1]} "
             "(start one with `with LMHandler(client) as handler:` and pass handler.address)"
         )
-    with _SESSIONS_LOCK:
-        session = _SESSIONS.get(handler)
-        if session is None or session.closed:
-            session = _SESSIONS[handler] = handler.open_session()
-    return handler.endpoint(session)
+    return handler
+
+
+def _link(address: tuple[str, int]) -> ServiceLink:
+    """One session per handler, at depth 0 (so requests are served at depth 1, the
+    reference's sub-call depth), reached in this process."""
+    handler = _handler_at(address)
+    with _LINKS_LOCK:
+        link = _LINKS.get(handler)
+        if link is None or link.closed:
+            link = _LINKS[handler] = handler.service.link(handler.open_session())
+    return link
+
+
+def handler_endpoint(address: tuple[str, int]) -> HandlerEndpoint:
+    """An authenticated TCP endpoint for the LMHandler this process started at `address`, for
+    a process that is elsewhere. Raises ProtocolError when no such handler runs here."""
+    return _handler_at(address).endpoint(_link(address).session)
 
 
 def _chat_completion(prompt: Prompt, result: dict[str, Any]) -> RLMChatCompletion:
@@ -197,15 +206,14 @@ def send_lm_request(
     reference. `depth` is accepted for its signature: routing is the handler session's."""
     del depth
     try:
-        endpoint = handler_endpoint(address)
-        with Connection.connect(endpoint.host, endpoint.port, endpoint.token, timeout) as conn:
-            if request.prompts is not None:
-                payload = _payload("llm_batch", request.model, prompts=request.prompts)
-                items = conn.request(payload, timeout)["results"]
-                return LMResponse.batched_success_response(
-                    [_item(p, item) for p, item in zip(request.prompts, items, strict=True)]
-                )
-            result = conn.request(_payload("llm", request.model, prompt=request.prompt), timeout)
+        link = _link(address)
+        if request.prompts is not None:
+            payload = _payload("llm_batch", request.model, prompts=request.prompts)
+            items = link.request(payload, timeout)["results"]
+            return LMResponse.batched_success_response(
+                [_item(p, item) for p, item in zip(request.prompts, items, strict=True)]
+            )
+        result = link.request(_payload("llm", request.model, prompt=request.prompt), timeout)
     except (RLMError, OSError, KeyError, ValueError, TimeoutError) as exc:
         return LMResponse.error_response(f"Request failed: {type(exc).__name__}: {exc}")
     return LMResponse.success_response(_chat_completion(request.prompt or "", result))

@@ -1,22 +1,23 @@
-"""The turns of one RLM run, and what a recursion tree shares.
+"""`RunLoop`: the turns of one RLM run.
 
-`RunLoop` holds the state of one (root or child) run: the root history (append-only, except at
-a counted compaction), the final answer, the stop reason. `RLM` in rlm.core.rlm sets up the
-session and environment and hands them to it.
+It holds the state of one (root or child) run: the root history (append-only, except at a
+counted compaction), the final answer, the stop reason. It gets what it needs and nothing
+more: the run's frozen settings, the LM service and its session, the tree's budget and
+events, the environment (`rlm.core.run.Tree` sets those up).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rlm.clients.pricing import context_window
 from rlm.core.aio import to_thread
 from rlm.core.budget import Budget
 from rlm.core.events import Events, RunInfo
-from rlm.core.lm_handler import Session
+from rlm.core.service import LMService, Session
+from rlm.core.settings import RunSettings
 from rlm.core.types import (
     CodeBlock,
     LMResponse,
@@ -37,34 +38,27 @@ from rlm.prompts import (
     no_code_message,
 )
 
-if TYPE_CHECKING:
-    from rlm.core.rlm import RLM
-
-
-@dataclass
-class Tree:
-    """What a top-level completion shares with every child run below it."""
-
-    budget: Budget
-    events: Events
-    child_slots: dict[int, asyncio.Semaphore] = field(default_factory=dict)
-
 
 class RunLoop:
     """The turns of one run: root turn -> run its ```repl blocks -> feedback, until an answer."""
 
     def __init__(
         self,
-        rlm: RLM,
-        tree: Tree,
+        settings: RunSettings,
+        service: LMService,
+        *,
+        budget: Budget,
+        events: Events,
         info: RunInfo,
         session: Session,
         env: BaseEnv,
         model: str | None,
         history_index: int = 0,
     ) -> None:
-        self.rlm = rlm
-        self.tree = tree
+        self.settings = settings
+        self.service = service
+        self.budget = budget
+        self.events = events
         self.info = info
         self.session = session
         self.env = env
@@ -87,7 +81,7 @@ class RunLoop:
     async def run(self, messages: list[Message]) -> None:
         self.messages = messages
         self.transcript = list(messages)
-        budget = self.tree.budget
+        budget = self.budget
         try:
             async with asyncio.timeout(budget.remaining_time()):
                 await self._turns()
@@ -110,11 +104,11 @@ class RunLoop:
             self.error = f"{type(exc).__name__}: {exc}"
 
     async def _turns(self) -> None:
-        rlm = self.rlm
+        settings = self.settings
         consecutive_errors = 0
-        while self.iteration < rlm.max_iterations:
+        while self.iteration < settings.max_iterations:
             self.iteration += 1
-            self.tree.events.emit("on_iteration_start", self.info, self.iteration)
+            self.events.emit("on_iteration_start", self.info, self.iteration)
             started = time.monotonic()
             reply, usage = await self._ask()
             # The prose of the latest reply is the best answer so far, even if its code then
@@ -129,22 +123,22 @@ class RunLoop:
                 return
             failed = [b.result for b in blocks if b.result.error]
             consecutive_errors = consecutive_errors + 1 if failed else 0
-            if rlm.max_errors is not None and consecutive_errors >= rlm.max_errors:
+            if settings.max_errors is not None and consecutive_errors >= settings.max_errors:
                 self.stop_reason = "max_errors"
                 self.error = failed[-1].stderr.strip() or str(failed[-1].error)
                 return
-            self.tree.budget.check()
+            self.budget.check()
             if blocks:
                 text = feedback_message(
                     [b.result for b in blocks],
                     iteration=self.iteration,
-                    max_iterations=rlm.max_iterations,
-                    limit=rlm.max_output_chars,
+                    max_iterations=settings.max_iterations,
+                    limit=settings.max_output_chars,
                 )
             else:
                 text = no_code_message(
                     iteration=self.iteration,
-                    max_iterations=rlm.max_iterations,
+                    max_iterations=settings.max_iterations,
                     ignored=ignored_languages(reply),
                 )
             self._append({"role": "user", "content": text})
@@ -168,7 +162,7 @@ class RunLoop:
         self.transcript.append(message)
 
     async def _ask(self) -> tuple[str, Usage]:
-        if self.rlm.compaction:
+        if self.settings.compaction:
             if self._near_window():
                 await self._compact()
             # `history` is in the REPL from the first turn on, and current at every turn.
@@ -182,16 +176,16 @@ class RunLoop:
         return response.text, response.usage
 
     async def _call(self, messages: list[Message]) -> LMResponse:
-        return await self.rlm.handler.acomplete(
+        return await self.service.acomplete(
             messages, depth=self.info.depth, model=self.model, session=self.session, kind="root"
         )
 
     def _near_window(self) -> bool:
         """Whether the next root request nears the compaction share of the model's window."""
-        window = self.rlm.context_window or context_window(self.info.root_model)
+        window = self.settings.context_window or context_window(self.info.root_model)
         fresh = self.messages[self._counted :] if self._last_input_tokens else self.messages
         estimate = self._last_input_tokens + sum(len(m["content"]) for m in fresh) // 4
-        return estimate >= self.rlm.compaction_threshold_pct * window
+        return estimate >= self.settings.compaction_threshold_pct * window
 
     async def _compact(self) -> None:
         """Summarise the turns so far into one message; the REPL keeps the full transcript.
@@ -214,14 +208,14 @@ class RunLoop:
         self.transcript.append(self.messages[-1])
         self._sent = 0
         self._last_input_tokens = 0
-        self.tree.events.emit("on_compaction", self.info, self.compactions, summary)
+        self.events.emit("on_compaction", self.info, self.compactions, summary)
 
     async def _run_blocks(self, reply: str) -> list[CodeBlock]:
         blocks: list[CodeBlock] = []
         for code in find_code_blocks(reply):
             result = await self._execute(code)
             blocks.append(CodeBlock(code, result))
-            if self.answer_text is not None or self.tree.budget.tripped is not None:
+            if self.answer_text is not None or self.budget.tripped is not None:
                 break
         return blocks
 
@@ -259,7 +253,7 @@ class RunLoop:
             usage=usage,
         )
         self.records.append(record)
-        self.tree.events.emit("on_iteration", self.info, len(self.records), record)
+        self.events.emit("on_iteration", self.info, len(self.records), record)
 
 
 def jsonable_messages(messages: list[Message]) -> list[Message]:

@@ -1,10 +1,12 @@
-"""`RLM`: the recursive language model loop.
+"""`RLM`: the recursive language model, as its users hold it.
 
 `completion(prompt, root_prompt)` loads `prompt` into a REPL as `context`, shows the root LM
 only its metadata, and loops: root LM -> run its ```repl blocks -> feed back their output,
-until the code or the reply gives a final answer or a limit trips. Every LM call (root turns,
-sub-calls, child RLMs' turns) goes through the one `LMHandler` path, which routes it, checks
-the tree's `Budget` and records its usage.
+until the code or the reply gives a final answer or a limit trips. This module checks the
+arguments and owns what lives across completions (the clients and their `LMService`, warm
+sandboxes, a persistent environment); each completion is a `rlm.core.run.Tree` of runs on
+frozen `RunSettings`, every LM call of which (root turns, sub-calls, child RLMs' turns) goes
+through the service's one path: routed, checked against the tree's `Budget`, recorded.
 """
 
 from __future__ import annotations
@@ -12,11 +14,8 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import time
-import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from rlm.clients import get_client
@@ -25,59 +24,30 @@ from rlm.core.aio import get_loop, in_loop_thread, on_loop, run_sync, spawn, to_
 from rlm.core.arguments import (
     check_int,
     limit_error,
-    normalise_tools,
     validate_context,
     with_sampling_args,
 )
 from rlm.core.budget import Budget, Ledger, Limits, check_priced
 from rlm.core.cache import SubcallCache
-from rlm.core.events import CallbackObserver, Events, EventStream, Observer, RunEvent, RunInfo
-from rlm.core.lm_handler import LMHandler, Session
-from rlm.core.loop import RunLoop, Tree, jsonable_messages
+from rlm.core.events import CallbackObserver, Events, EventStream, Observer, RunEvent
 from rlm.core.reference_internals import ReferenceInternals
-from rlm.core.types import (
-    Message,
-    QueryMetadata,
-    RLMChatCompletion,
-    SubcallRecord,
-    Usage,
-    UsageLedger,
-    _serialize_value,
-)
+from rlm.core.run import Persistent, Tree
+from rlm.core.service import LMService
+from rlm.core.settings import RunSettings, frozen
+from rlm.core.types import RLMChatCompletion, UsageLedger, _serialize_value
 from rlm.environments import environment_class, get_environment
-from rlm.environments.base import BaseEnv, ToolSpec
+from rlm.environments.base import BaseEnv
 from rlm.environments.pool import SandboxPool, split_pool_kwargs
-from rlm.errors import (
-    CancellationError,
-    ConfigurationError,
-    RLMError,
-)
+from rlm.environments.tools import normalise_tools
+from rlm.errors import CancellationError, ConfigurationError
 from rlm.logger.redact import register_sensitive_values
-from rlm.prompts import (
-    build_system_prompt,
-    context_metadata_message,
-)
-from rlm.runtime.repl import to_jsonable
 from rlm.utils.rlm_utils import filter_sensitive_keys
-
-_normalise_tools = normalise_tools  # the name rlm.environments._reference imports
 
 OnLimit = Literal["raise", "return"]
 
 
 # Seconds a run may take to wind down after Ctrl-C (cells stopped, environments released).
 CANCEL_GRACE = 30.0
-
-CHILD_TASK_PROMPT = "The task is given in `context`: read it and do what it asks."
-
-
-@dataclass
-class _Persistent:
-    """The environment and session kept across `completion()` calls when persistent=True."""
-
-    env: BaseEnv
-    session: Session
-    contexts: int = 0
 
 
 class RLM(ReferenceInternals):
@@ -274,7 +244,7 @@ class RLM(ReferenceInternals):
             int(d): as_client(get_client(spec["backend"], spec.get("backend_kwargs") or {}))
             for d, spec in (depth_backends or {}).items()
         }
-        self.handler = LMHandler(
+        self.service = LMService(
             self.root_client,
             other_clients=self.other_clients,
             depth_clients=self.depth_clients,
@@ -298,7 +268,7 @@ class RLM(ReferenceInternals):
                 )
             )
         self.observers = observer_list
-        self._persistent: _Persistent | None = None
+        self._persistent = Persistent() if persistent else None
         self._persistent_lock: asyncio.Lock | None = None
         self._interrupted: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         self._closed = False
@@ -378,7 +348,7 @@ class RLM(ReferenceInternals):
         return self._persistent.env if self._persistent is not None else None
 
     def close(self) -> None:
-        """Release the persistent environment, the handler and the clients' connections."""
+        """Release the persistent environment, warm sandboxes and the clients' connections."""
         if self._closed:
             return
         self._closed = True
@@ -392,12 +362,12 @@ class RLM(ReferenceInternals):
 
     async def _aclose(self) -> None:
         if self._persistent is not None:
-            state, self._persistent = self._persistent, None
-            self.handler.close_session(state.session)
-            await to_thread(state.env.cleanup)
+            env, self._persistent = self._persistent.env, None
+            if env is not None:
+                await to_thread(env.cleanup)
         await to_thread(self._sandboxes.close)
-        await self.handler.astop()
-        await self.handler.aclose_clients()
+        await self.service.aclose()
+        await self.service.aclose_clients()
 
     # ----------------------------------------------------------------- the loop
 
@@ -409,120 +379,28 @@ class RLM(ReferenceInternals):
         validate_context(prompt)
         if root_prompt is not None and not isinstance(root_prompt, str):
             raise ConfigurationError("root_prompt must be a str or None")
-        check_priced(self.handler.router.clients(), self.limits)
-        if self.handler.address is None:
-            await self.handler.astart()
-        tree = Tree(Budget(self.limits, self.ledger), Events([*self.observers, *extra_observers]))
-        if not self.persistent:
-            completion = await self._run(
-                prompt, root_prompt, self.depth, tree, UsageLedger(), "", None
-            )
+        check_priced(self.service.router.clients(), self.limits)
+        tree = Tree(
+            self.service,
+            self.run_settings(),
+            Budget(self.limits, self.ledger),
+            Events([*self.observers, *extra_observers]),
+            self._sandboxes,
+            lambda name, kwargs: get_environment(name, kwargs),  # the seam, looked up per call
+            self._persistent,
+        )
+        if self._persistent is None:
+            completion, cancelled = await tree.run(prompt, root_prompt, self.depth, UsageLedger())
         else:
             if self._persistent_lock is None:
                 self._persistent_lock = asyncio.Lock()
             async with self._persistent_lock:
-                completion = await self._run(
-                    prompt, root_prompt, self.depth, tree, UsageLedger(), "", None, persistent=True
+                completion, cancelled = await tree.run(
+                    prompt, root_prompt, self.depth, UsageLedger()
                 )
-        if self.on_limit == "raise":
-            error = limit_error(completion, tree.budget, self.max_errors)
-            if error is not None:
-                raise error
-        return completion
-
-    async def _run(
-        self,
-        context: Any,
-        root_prompt: str | None,
-        depth: int,
-        tree: Tree,
-        ledger: UsageLedger,
-        parent_id: str,
-        model: str | None,
-        *,
-        persistent: bool = False,
-    ) -> RLMChatCompletion:
-        client = self.handler.router.route(depth, model)
-        root_model = client.model_name
-        configured = self.backend_kwargs.get("model_name")
-        if client is self.root_client and isinstance(configured, str) and configured:
-            root_model = configured  # the name the user gave, as the reference reports it
-        run_id = uuid.uuid4().hex[:16]
-        metadata = QueryMetadata.of(context)
-        info = RunInfo(
-            run_id=run_id,
-            parent_id=parent_id,
-            depth=depth,
-            root_model=root_model,
-            environment=self.environment,
-            root_prompt=root_prompt,
-            context_type=metadata.context_type,
-            context_total_length=metadata.context_total_length,
-            context_lengths=metadata.context_lengths,
-            settings=self._settings(),
-            context=context if depth == self.depth else None,
-        )
-        started = time.monotonic()
-        tools = self.tools if depth == self.depth else self.sub_tools
-        specs = self.tool_specs if depth == self.depth else self.sub_tool_specs
-        session, env, index = await self._open(
-            tree, ledger, depth, run_id, info, tools, specs, persistent
-        )
-        loop = RunLoop(self, tree, info, session, env, client.model_name if model else None, index)
-        cancelled = False
-        try:
-            # A running cell stops when the tree's time runs out, in every environment.
-            env.run_deadline = tree.budget.deadline
-            await to_thread(env.load_context, context, index)
-            if self.setup_code is not None and index == 0:
-                await self._run_setup_code(env)
-            tree.events.emit("on_run_start", info)
-            first = context_metadata_message(metadata, root_prompt, index=index)
-            if self.user_prologue:
-                first += "\n\n" + self.user_prologue
-            messages: list[Message] = [
-                {
-                    "role": "system",
-                    "content": build_system_prompt(
-                        self.custom_system_prompt,
-                        specs,
-                        max_depth=self.max_depth,
-                        depth=depth,
-                        orchestrator=self.orchestrator,
-                        compaction=self.compaction,
-                    ),
-                },
-                {"role": "user", "content": first},
-            ]
-            try:
-                await loop.run(messages)
-            except asyncio.CancelledError:
-                cancelled = True
-                loop.stop_reason = "cancelled"
-        finally:
-            if persistent:
-                assert self._persistent is not None
-                await to_thread(env.add_history, jsonable_messages(loop.transcript), index)
-            else:
-                self.handler.close_session(session)
-                await to_thread(self._sandboxes.discard, env)
-        completion = RLMChatCompletion(
-            root_model=root_model,
-            prompt=context,
-            response=loop.answer_text if loop.answer_text is not None else loop.best,
-            usage_summary=ledger.summary(),
-            execution_time=time.monotonic() - started,
-            metadata=None,  # as in the reference: an RLMLogger fills it in (on_run_end)
-            stop_reason=loop.stop_reason,
-            error=loop.error,
-            value=loop.answer_value,
-            run_id=run_id,
-            iterations=loop.iteration,
-        )
-        tree.events.emit("on_run_end", info, completion)
         if cancelled:
             current = asyncio.current_task()
-            if depth == self.depth and current in self._interrupted:
+            if current in self._interrupted:
                 self._interrupted.discard(current)  # type: ignore[arg-type]
                 raise CancellationError(
                     partial_answer=completion.response or None,
@@ -530,124 +408,41 @@ class RLM(ReferenceInternals):
                     completion=completion,
                 )
             raise asyncio.CancelledError
+        if self.on_limit == "raise":
+            error = limit_error(completion, tree.budget, self.max_errors)
+            if error is not None:
+                raise error
         return completion
 
-    async def _run_setup_code(self, env: BaseEnv) -> None:
-        """`environment_kwargs["setup_code"]`: run before the first turn; failing is an error."""
-        assert self.setup_code is not None
-        result = await to_thread(env.execute, self.setup_code)
-        if result.error or result.timed_out:
-            raise ConfigurationError(
-                "environment_kwargs['setup_code'] failed: "
-                + (result.stderr.strip() or str(result.error))
-            )
-
-    async def _open(
-        self,
-        tree: Tree,
-        ledger: UsageLedger,
-        depth: int,
-        run_id: str,
-        info: RunInfo,
-        tools: Mapping[str, Callable[..., Any]],
-        specs: Mapping[str, ToolSpec],
-        persistent: bool,
-    ) -> tuple[Session, BaseEnv, int]:
-        """A handler session and an environment for one run (reused when persistent)."""
-
-        def on_start(record: SubcallRecord) -> None:
-            record.parent_id = run_id
-            tree.events.emit("on_subcall_start", info, record)
-
-        def on_record(record: SubcallRecord) -> None:
-            record.parent_id = run_id
-            tree.events.emit("on_subcall", info, record)
-
-        async def spawn(prompt: Any, context: Any, model: str | None) -> dict[str, Any]:
-            return await self._spawn(tree, ledger, depth, run_id, prompt, context, model)
-
-        if persistent and self._persistent is not None:
-            state = self._persistent
-            state.contexts += 1
-            session = state.session
-            session.budget, session.ledger, session.spawn = tree.budget, ledger, spawn
-            session.on_start, session.on_record = on_start, on_record
-            return session, state.env, state.contexts
-        session = self.handler.open_session(
-            depth=depth,
+    def run_settings(self) -> RunSettings:
+        """This RLM's attributes as the frozen settings of one completion."""
+        configured = self.backend_kwargs.get("model_name")
+        return RunSettings(
+            environment=self.environment,
+            environment_kwargs=frozen(self.environment_kwargs),
+            setup_code=self.setup_code,
+            depth=self.depth,
             max_depth=self.max_depth,
-            budget=tree.budget,
-            ledger=ledger,
-            spawn=spawn,
-            tools=tools,
-            on_start=on_start,
-            on_record=on_record,
+            max_iterations=self.max_iterations,
+            max_errors=self.max_errors,
+            max_output_chars=self.max_output_chars,
+            max_concurrent_subcalls=self.max_concurrent_subcalls,
+            custom_system_prompt=self.custom_system_prompt,
+            orchestrator=self.orchestrator,
+            user_prologue=self.user_prologue,
+            compaction=self.compaction,
+            compaction_threshold_pct=self.compaction_threshold_pct,
+            context_window=self.context_window,
+            persistent=self.persistent,
+            tools=frozen(self.tools),
+            tool_specs=frozen(self.tool_specs),
+            sub_tools=frozen(self.sub_tools),
+            sub_tool_specs=frozen(self.sub_tool_specs),
+            root_model_name=configured if isinstance(configured, str) and configured else None,
+            logged=frozen(self._logged_settings()),
         )
-        kwargs = {
-            **self.environment_kwargs,
-            "handler": self.handler.endpoint(session),
-            "depth": depth,
-            "tools": specs,
-        }
-        try:
-            direct = self._sandboxes.direct_kwargs(self.environment, kwargs)
-            if direct is None:
-                env = await to_thread(self._sandboxes.acquire, self.environment, kwargs)
-            else:  # through the module-level seam, so a patched get_environment is used
-                env = await to_thread(get_environment, self.environment, direct)
-        except BaseException:
-            self.handler.close_session(session)
-            raise
-        if persistent:
-            self._persistent = _Persistent(env, session)
-        return session, env, 0
 
-    async def _spawn(
-        self,
-        tree: Tree,
-        parent_ledger: UsageLedger,
-        parent_depth: int,
-        parent_id: str,
-        prompt: Any,
-        context: Any,
-        model: str | None,
-    ) -> dict[str, Any]:
-        """Run a child RLM for `rlm_query`: same handler and budget, its own environment."""
-        depth = parent_depth + 1
-        if context is None:
-            child_context, root_prompt = prompt, CHILD_TASK_PROMPT
-        elif isinstance(prompt, str):
-            child_context, root_prompt = context, prompt
-        else:
-            raise ConfigurationError("rlm_query: with a context, the prompt must be a str")
-        validate_context(child_context)
-        slots = tree.child_slots.setdefault(depth, asyncio.Semaphore(self.max_concurrent_subcalls))
-        async with slots:
-            ledger = UsageLedger(parent_ledger)
-            child = await self._run(
-                child_context, root_prompt, depth, tree, ledger, parent_id, model
-            )
-        if child.stop_reason == "error" and not child.response:
-            raise RLMError(f"child RLM failed: {child.error}")
-        summary = child.usage_summary
-        usage = Usage(
-            input_tokens=summary.total_input_tokens,
-            output_tokens=summary.total_output_tokens,
-            cached_tokens=sum(
-                m.total_cached_tokens for m in summary.model_usage_summaries.values()
-            ),
-            cost=summary.total_cost,
-        )
-        return {
-            "text": child.response,
-            "model": child.root_model,
-            "usage": usage.to_dict(),
-            "stop_reason": child.stop_reason,
-            "value": to_jsonable(child.value),
-            "run_id": child.run_id,
-        }
-
-    def _settings(self) -> dict[str, Any]:
+    def _logged_settings(self) -> dict[str, Any]:
         return {
             "backend": self.backend if isinstance(self.backend, str) else repr(self.backend),
             "backend_kwargs": _serialize_value(self._logged_backend_kwargs),

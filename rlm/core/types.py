@@ -134,6 +134,29 @@ class LMResponse:
         )
 
 
+@dataclass(frozen=True)
+class ChildResult:
+    """What `rlm_query` gets back from a child RLM (or the plain LM call standing in for one
+    at max depth): its answer, who gave it, what the child's whole subtree used."""
+
+    text: str
+    model: str
+    usage: Usage = field(default_factory=Usage)
+    stop_reason: StopReason = "final_answer"
+    value: Any = None  # the FINAL_VAR value as JSON data
+    run_id: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "model": self.model,
+            "usage": self.usage.to_dict(),
+            "stop_reason": self.stop_reason,
+            "value": self.value,
+            "run_id": self.run_id,
+        }
+
+
 @dataclass
 class ModelUsageSummary:
     """Usage of one model. The first four fields keep the reference's positional order."""

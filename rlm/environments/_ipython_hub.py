@@ -18,7 +18,7 @@ from typing import Any
 from rlm.clients.base import BaseLM
 from rlm.core.aio import to_thread
 from rlm.core.lm_handler import LMHandler, Session
-from rlm.core.types import LMResponse, Message, SubcallRecord, Usage
+from rlm.core.types import ChildResult, LMResponse, Message, SubcallRecord, Usage
 from rlm.environments.base import HandlerEndpoint
 from rlm.errors import ConfigurationError
 
@@ -88,7 +88,7 @@ class Hub:
         with self._lock:
             self._started_in[record.id] = self._cell
 
-    async def _spawn(self, prompt: Any, context: Any, model: str | None) -> dict[str, Any]:
+    async def _spawn(self, prompt: Any, context: Any, model: str | None) -> ChildResult:
         assert self._subcall_fn is not None
         if context is not None:
             raise ConfigurationError(
@@ -104,13 +104,13 @@ class Hub:
             output_tokens=int(getattr(summary, "total_output_tokens", 0) or 0),
             cost=getattr(summary, "total_cost", None),
         )
-        return {
-            "text": str(getattr(completion, "response", completion)),
-            "model": str(getattr(completion, "root_model", model or "")),
-            "usage": usage.to_dict(),
-            "stop_reason": str(getattr(completion, "stop_reason", "final_answer")),
-            "run_id": str(getattr(completion, "run_id", "")),
-        }
+        return ChildResult(
+            text=str(getattr(completion, "response", completion)),
+            model=str(getattr(completion, "root_model", model or "")),
+            usage=usage,
+            stop_reason=getattr(completion, "stop_reason", None) or "final_answer",
+            run_id=str(getattr(completion, "run_id", "")),
+        )
 
     def _run(self, prompt: Any, model: str | None) -> Any:
         """Call subcall_fn, registering this thread so it cannot re-enter the REPL."""

@@ -3,13 +3,15 @@
 Users of the reference drive REPLs by hand (its `examples/lm_in_repl.py`): `execute_code`,
 numbered contexts and histories with `add_context` / `add_history` returning the index,
 `get_context_count`, and `lm_handler_address=(host, port)` naming an `LMHandler` they started.
-Our environments take a token-carrying `HandlerEndpoint` instead; `resolve_address` turns an
-address into one by asking the handler this process started there for a session, so the
-handler's authentication stays on.
+Our environments take a link to the LM service instead; `HandlerLease` is one made from an
+address: it asks the handler this process started there for a session and hands requests to
+that handler's service directly, so nothing goes through the handler's socket unauthenticated.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -25,49 +27,63 @@ from rlm.environments.base import BaseEnv, HandlerEndpoint, ToolSpec
 from rlm.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from rlm.core.lm_handler import LMHandler, Session
+    from rlm.core.service import ServiceLink
+    from rlm.transport.tcp import LMHandler
 
 Address = tuple[str, int]
 
 
 class HandlerLease:
-    """A session on the LMHandler this process runs at an address, released by `close`."""
+    """A session on the LMHandler this process runs at an address, taken on the first request
+    and released by `close`. It is the environment's link (`rlm.environments.base.LMLink`):
+    requests go straight to the handler's service, in this process."""
 
     def __init__(
         self, address: Address, tools: Mapping[str, Callable[..., Any]] | None = None
     ) -> None:
         self.address = (str(address[0]), int(address[1]))
         self._tools = dict(tools or {})
+        self._lock = threading.Lock()
         self._handler: LMHandler | None = None
-        self._session: Session | None = None
+        self._link: ServiceLink | None = None
+
+    def _service_link(self) -> ServiceLink:
+        from rlm.transport.tcp import running_handler
+
+        with self._lock:
+            if self._link is None or self._link.closed:
+                handler = running_handler(self.address)
+                if handler is None:
+                    host, port = self.address
+                    raise ConfigurationError(
+                        f"no LMHandler of this process is listening at {host}:{port}; start "
+                        "one (`with LMHandler(client) as handler:`) and pass handler.address"
+                    )
+                self._handler = handler
+                self._link = handler.service.link(handler.open_session(tools=self._tools))
+            return self._link
+
+    def submit(self, payload: Mapping[str, Any]) -> concurrent.futures.Future[dict[str, Any]]:
+        return self._service_link().submit(payload)
 
     def endpoint(self) -> HandlerEndpoint:
-        from rlm.core.lm_handler import running_handler
-
-        if self._session is None or self._session.closed:
-            handler = running_handler(self.address)
-            if handler is None:
-                host, port = self.address
-                raise ConfigurationError(
-                    f"no LMHandler of this process is listening at {host}:{port}; start one "
-                    "(`with LMHandler(client) as handler:`) and pass handler.address"
-                )
-            self._handler = handler
-            self._session = handler.open_session(tools=self._tools)
+        """The handler's address with this lease's token, for another process."""
+        link = self._service_link()
         assert self._handler is not None
-        return self._handler.endpoint(self._session)
+        return self._handler.endpoint(link.session)
 
     def take_calls(self) -> list[RLMChatCompletion]:
         """The sub-calls made through this lease since the last call, as the reference's
         `RLMChatCompletion` records (what its `REPLResult.rlm_calls` holds)."""
-        session = self._session
-        return [] if session is None else [_as_completion(r) for r in session.take_records()]
+        link = self._link
+        return [] if link is None else [_as_completion(r) for r in link.session.take_records()]
 
     def close(self) -> None:
-        handler, session = self._handler, self._session
-        self._handler = self._session = None
-        if handler is not None and session is not None:
-            handler.close_session(session)
+        with self._lock:
+            handler, link = self._handler, self._link
+            self._handler = self._link = None
+        if handler is not None and link is not None:
+            handler.close_session(link.session)
 
 
 def _as_completion(record: SubcallRecord) -> RLMChatCompletion:
@@ -88,9 +104,9 @@ def split_custom_tools(
 ) -> tuple[dict[str, Callable[..., Any]], dict[str, ToolSpec]]:
     """The reference's `custom_tools` ({name: callable | JSON value | {"tool", "description"}})
     as host-side callables and the specs an environment binds."""
-    from rlm.core.rlm import _normalise_tools
+    from rlm.environments.tools import normalise_tools
 
-    return _normalise_tools(custom_tools)
+    return normalise_tools(custom_tools)
 
 
 class ReferenceREPLMethods(BaseEnv):
@@ -173,7 +189,7 @@ class ReferenceIsolatedREPL(ReferenceREPLMethods):
         self._lease: HandlerLease | None = None
         if lm_handler_address is not None:
             self._lease = HandlerLease(lm_handler_address, callables)
-            kwargs["handler"] = self._lease.endpoint()
+            kwargs["handler"] = self._lease
         elif callables:
             raise ConfigurationError(
                 "callable custom_tools run on the host through the LMHandler: "
@@ -213,12 +229,13 @@ class ReferenceIsolatedREPL(ReferenceREPLMethods):
     def update_handler_address(self, address: Address) -> None:
         """Relay later sub-calls to the LMHandler this process started at `address`."""
         lease = HandlerLease(address, self._lease._tools if self._lease else None)
-        self.handler = lease.endpoint()
+        self.handler = lease
         old, self._lease = self._lease, lease
         self.lm_handler_address = lease.address
-        conn = getattr(self, "_conn", None)
-        if conn is not None:
-            conn.close()  # the next relayed request connects to the new endpoint
+        link_lock = getattr(self, "_link_lock", None)
+        if link_lock is not None:  # an isolated environment: its relay takes the new lease
+            with link_lock:
+                self._service_link = None
         if old is not None:
             old.close()
 

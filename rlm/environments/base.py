@@ -1,18 +1,21 @@
 """`BaseEnv`: the REPL an RLM's code runs in.
 
 An environment holds the `context`, runs code cells, and gives the code helpers (`llm_query`,
-`rlm_query`, custom tools, ...) that are protocol requests to the LMHandler at `handler`. The
-loop never calls a model on the environment's behalf: every sub-call goes through the handler,
-whatever the environment, which is what keeps limits and accounting host-side.
+`rlm_query`, custom tools, ...) that are requests to the LM service, sent over its `handler`:
+an `LMLink` (what `RLM` gives: straight to the service in this process) or a `HandlerEndpoint`
+(an address and token of a TCP `LMHandler`; `rlm.environments.link.open_link` turns either
+into a link). The loop never calls a model on the environment's behalf: every sub-call goes
+through the service, whatever the environment, which keeps limits and accounting host-side.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from rlm.core.types import Message, REPLResult
 
@@ -27,6 +30,25 @@ class HandlerEndpoint:
     host: str
     port: int
     token: str = field(repr=False)
+
+
+@runtime_checkable
+class LMLink(Protocol):
+    """An environment's line to the LM service (`rlm.environments.link`)."""
+
+    def submit(self, payload: Mapping[str, Any]) -> concurrent.futures.Future[dict[str, Any]]:
+        """Send one request; the future holds its result or raises its `RemoteError`."""
+        ...
+
+    def endpoint(self) -> HandlerEndpoint:
+        """Address and token of the same session over TCP, for a process that is elsewhere."""
+        ...
+
+    def close(self) -> None: ...
+
+
+Handler = HandlerEndpoint | LMLink
+"""What an environment's `handler` may be."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +76,7 @@ class BaseEnv(ABC):
     def __init__(
         self,
         *,
-        handler: HandlerEndpoint | None = None,
+        handler: Handler | None = None,
         depth: int = 0,
         timeout: float | None = DEFAULT_CELL_TIMEOUT,
         max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,

@@ -47,6 +47,7 @@ from rlm.environments.base import (
     DEFAULT_CELL_TIMEOUT,
     DEFAULT_MAX_OUTPUT_CHARS,
     BaseEnv,
+    Handler,
     HandlerEndpoint,
     ToolSpec,
 )
@@ -57,9 +58,11 @@ _UNSET: Any = object()
 _CELLS = "__import__('rlm.environments._ipython_cells', fromlist=['kernel'])"
 
 
-def _endpoint_dict(endpoint: HandlerEndpoint | None) -> dict[str, Any] | None:
-    if endpoint is None:
+def _endpoint_dict(handler: Handler | None) -> dict[str, Any] | None:
+    """Address and token for the kernel, which reaches the service over TCP."""
+    if handler is None:
         return None
+    endpoint = handler if isinstance(handler, HandlerEndpoint) else handler.endpoint()
     return {"host": endpoint.host, "port": endpoint.port, "token": endpoint.token}
 
 
@@ -166,9 +169,9 @@ class IPythonREPL(BaseEnv):
         )
         callables: dict[str, Callable[..., Any]] = {}
         if self.custom_tools:
-            from rlm.core.rlm import _normalise_tools
+            from rlm.environments.tools import normalise_tools
 
-            callables, specs = _normalise_tools(self.custom_tools)
+            callables, specs = normalise_tools(self.custom_tools)
             self.tools = specs
 
         self.temp_dir = tempfile.mkdtemp(prefix="rlm-ipython-")

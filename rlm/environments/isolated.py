@@ -4,7 +4,8 @@ A sandbox (a child process, a Docker container, a Modal or E2B sandbox) runs the
 worker (`rlm.runtime.worker`); subclasses only start it and carry bytes (a `Transport`).
 This class speaks the worker's channel protocol over that transport: it sends the hello (with
 a per-sandbox channel token and the limits), contexts, histories and cells, and it relays the
-worker's LM requests to the LMHandler over one authenticated `Connection`, so sub-calls from
+worker's LM requests to the LM service over the environment's link (`RLM` gives a
+`ServiceLink`: straight to the service in this process, no loopback hop), so sub-calls from
 a sandbox take the same path as from the local REPL. Nothing from the sandbox is unpickled:
 every reply is JSON and every field is type-checked before use.
 
@@ -41,16 +42,16 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from rlm.core.types import Message, REPLResult
-from rlm.environments.base import BaseEnv, HandlerEndpoint
+from rlm.environments.base import BaseEnv, Handler, LMLink
+from rlm.environments.link import open_link
 from rlm.errors import (
-    AuthenticationError,
     ConfigurationError,
     ContextLoadError,
     ProtocolError,
     RemoteError,
     SandboxError,
 )
-from rlm.runtime.protocol import MAX_FRAME_BYTES, Connection
+from rlm.runtime.protocol import MAX_FRAME_BYTES
 from rlm.runtime.worker import (
     ABORT_FRAME,
     CHANNEL_VERSION,
@@ -274,8 +275,8 @@ class IsolatedEnv(BaseEnv):
         self._dead: str | None = None
         self._progress = 0.0  # when the last sign of a reply in transfer arrived
         self._closed = False
-        self._conn: Connection | None = None
-        self._conn_lock = threading.Lock()
+        self._service_link: LMLink | None = None  # opened from `handler` on the first request
+        self._link_lock = threading.Lock()
         self._paths: list[Path] = []
         self._transport: Transport | None = None
         self._finalizer: weakref.finalize | None = None
@@ -295,9 +296,9 @@ class IsolatedEnv(BaseEnv):
             self.cleanup()
             raise
 
-    def bind(self, *, handler: HandlerEndpoint | None = None) -> None:
+    def bind(self, *, handler: Handler | None = None) -> None:
         """Give a pre-started sandbox to one run: the run's handler session, which stays on
-        the host (the relay's connection), is all that was missing. Once only: a sandbox never
+        the host (the relay's link), is all that was missing. Once only: a sandbox never
         serves a second run."""
         with self._state_lock:
             if self._bound:
@@ -420,27 +421,23 @@ class IsolatedEnv(BaseEnv):
             raise ProtocolError(f"unexpected message type {kind!r} from the sandbox")
 
     # --------------------------------------------------------------------- relay
-    def _connection(self) -> Connection:
-        with self._conn_lock:
+    def _link(self) -> LMLink | None:
+        with self._link_lock:
             if self._closed:
                 raise SandboxError("the environment was cleaned up")
-            if self._conn is None or self._conn.closed:
-                if self._conn is not None:
-                    self._conn.close()
-                endpoint = self.handler
-                assert endpoint is not None
-                self._conn = _connect_with_retries(endpoint.host, endpoint.port, endpoint.token)
-            return self._conn
+            if self._service_link is None:
+                self._service_link = open_link(self.handler)
+            return self._service_link
 
     def _relay(self, message: dict[str, Any]) -> None:
+        """A sandbox's request, handed to the LM service as it came: the service checks every
+        field (the sandbox is not trusted) and answers; the answer goes back by id."""
         request_id = message.pop("id")
-        if self.handler is None:
-            self._respond(
-                request_id, error=ConnectionError("no LM handler is connected to this REPL")
-            )
-            return
         try:
-            future = self._connection().submit(message)
+            link = self._link()
+            if link is None:
+                raise ConnectionError("no LM handler is connected to this REPL")
+            future = link.submit(message)
         except Exception as exc:
             self._respond(request_id, error=exc)
             return
@@ -703,7 +700,7 @@ class IsolatedEnv(BaseEnv):
         return not self._closed and self._dead is None
 
     def cleanup(self) -> None:
-        """Kill the sandbox, close the relay connection, remove temp files. Idempotent."""
+        """Kill the sandbox, close the relay's link, remove temp files. Idempotent."""
         with self._state_lock:
             if self._closed:
                 return
@@ -711,10 +708,10 @@ class IsolatedEnv(BaseEnv):
             on_cleanup, self._on_cleanup = self._on_cleanup, None
         if self._transport is not None:
             self._transport.kill()
-        with self._conn_lock:
-            conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+        with self._link_lock:
+            link, self._service_link = self._service_link, None
+        if link is not None:
+            link.close()
         if self._finalizer is not None:
             self._finalizer()  # runs _release once (kill is idempotent) and detaches
         else:
@@ -722,24 +719,6 @@ class IsolatedEnv(BaseEnv):
                 shutil.rmtree(path, ignore_errors=True)
         if on_cleanup is not None:
             on_cleanup()
-
-
-_CONNECT_ATTEMPTS = 5
-
-
-def _connect_with_retries(host: str, port: int, token: str) -> Connection:
-    """The relay's connection to the LMHandler. A connection dropped before its hello was
-    answered (the handler sheds idle connections when flooded) is tried again; a refused
-    token is not."""
-    for attempt in range(1, _CONNECT_ATTEMPTS + 1):
-        try:
-            return Connection.connect(host, port, token)
-        except (OSError, ProtocolError) as exc:
-            refused = isinstance(exc, AuthenticationError) and "refused" in str(exc)
-            if refused or attempt == _CONNECT_ATTEMPTS:
-                raise
-            time.sleep(0.1 * attempt)
-    raise AssertionError("unreachable")
 
 
 def scrubbed_env(

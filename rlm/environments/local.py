@@ -4,7 +4,8 @@ Fast and dependency-free, and NOT a sandbox: code in a cell can do anything this
 (read files, environment variables, import anything). Use it for trusted code; the isolated
 environments ("process", "docker", ...) run the same runtime in a separate process.
 
-Constructed by `RLM` with a `HandlerEndpoint`, or by hand as in the reference
+Constructed by `RLM` with a link to its LM service (or by hand with a `HandlerEndpoint`), or
+by hand as in the reference
 (`LocalREPL(lm_handler_address=handler.address, context_payload=..., setup_code=...,
 custom_tools=...)`, then `execute_code`, `locals`, `add_context`, `cleanup`). Unlike the
 reference, cells do not `chdir` into `temp_dir` (the working directory is process-wide, so one
@@ -36,12 +37,13 @@ from rlm.environments._reference import HandlerLease, ReferenceREPLMethods, spli
 from rlm.environments.base import (
     DEFAULT_CELL_TIMEOUT,
     DEFAULT_MAX_OUTPUT_CHARS,
-    HandlerEndpoint,
+    Handler,
+    LMLink,
     ToolSpec,
 )
 from rlm.environments.base_env import NonIsolatedEnv
+from rlm.environments.link import open_link
 from rlm.errors import ConfigurationError, ContextLoadError, SandboxError
-from rlm.runtime.protocol import Connection
 from rlm.runtime.repl import CellTimeout, Repl
 
 _MAX_CONTEXT_DEPTH = 500
@@ -101,45 +103,6 @@ class _TimedRepl(Repl):
         watchdog, self._watchdog = self._watchdog, None
         if watchdog is not None:
             watchdog.disarm()
-
-
-class _LazyChannel:
-    """Connects to the LMHandler on the first request, so an env that never calls costs nothing.
-
-    `endpoint` may be a function that finds it then (a reference-style `lm_handler_address`).
-    """
-
-    def __init__(self, endpoint: HandlerEndpoint | Callable[[], HandlerEndpoint]) -> None:
-        self._endpoint = endpoint
-        self._lock = threading.Lock()
-        self._conn: Connection | None = None
-        self._closed = False
-
-    def _connection(self) -> Connection:
-        with self._lock:
-            if self._closed:
-                raise SandboxError("the environment was cleaned up")
-            if self._conn is None or self._conn.closed:
-                e = (
-                    self._endpoint
-                    if isinstance(self._endpoint, HandlerEndpoint)
-                    else self._endpoint()
-                )
-                self._conn = Connection.connect(e.host, e.port, e.token)
-            return self._conn
-
-    def submit(self, payload: dict[str, Any]) -> Any:
-        return self._connection().submit(payload)
-
-    def request(self, payload: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
-        return self._connection().request(payload, timeout)
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
 
 
 def _json_copy(
@@ -272,7 +235,7 @@ class LocalREPL(ReferenceREPLMethods, NonIsolatedEnv):
         compaction: bool = False,
         max_concurrent_subcalls: int = 4,
         *,
-        handler: HandlerEndpoint | None = None,
+        handler: Handler | None = None,
         timeout: float | None = DEFAULT_CELL_TIMEOUT,
         max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
         tools: Mapping[str, ToolSpec] | None = None,
@@ -312,7 +275,7 @@ class LocalREPL(ReferenceREPLMethods, NonIsolatedEnv):
         callables, specs = split_custom_tools(custom_tools)
         self.lm_handler_address = lm_handler_address
         self._lease: HandlerLease | None = None
-        self._channel: _LazyChannel | None = None
+        self._channel: LMLink | None = None
         self._connect(lm_handler_address)
         repl_tools = {
             name: {"description": spec.description, "callable": spec.callable, "value": spec.value}
@@ -358,11 +321,9 @@ class LocalREPL(ReferenceREPLMethods, NonIsolatedEnv):
         self._lease = None
         if address is not None:
             self._lease = HandlerLease(address)
-            self._channel = _LazyChannel(self._lease.endpoint)
-        elif self.handler is not None:
-            self._channel = _LazyChannel(self.handler)
+            self._channel = self._lease
         else:
-            self._channel = None
+            self._channel = open_link(self.handler)
         if hasattr(self, "_repl"):
             self._repl.channel = self._channel
 
