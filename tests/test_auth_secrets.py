@@ -27,6 +27,7 @@ from rlm.errors import AuthenticationError, RemoteError
 from rlm.logger import RLMLogger
 from rlm.runtime.protocol import Connection, FrameDecoder, encode_frame
 from rlm.testing import ProviderSimulator
+from rlm.transport.tcp import tcp_transport
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -157,7 +158,7 @@ def test_the_run_token_dies_with_the_run() -> None:
         link = builtins.__dict__.pop("_rlm_test_link")
         with pytest.raises(RemoteError, match="the session is closed"):
             link.request({"type": "llm", "prompt": "x"}, timeout=10)
-        address = rlm.service.tcp().address
+        address = tcp_transport(rlm.service).address
         assert address is not None
         with pytest.raises(AuthenticationError):
             Connection.connect(*address, token, timeout=10)

@@ -33,9 +33,9 @@ from rlm import errors
 from rlm.clients.base import BaseLM
 from rlm.core.aio import run_sync
 from rlm.core.lm_handler import LMHandler, Session
-from rlm.transport.tcp import HELLO_MAX_BYTES
 from rlm.core.types import LMResponse, Message, Usage
 from rlm.runtime.protocol import HEADER, MAX_FRAME_BYTES, Connection, FrameDecoder
+from rlm.transport.tcp import HELLO_MAX_BYTES
 
 pytestmark = pytest.mark.timeout(240)
 

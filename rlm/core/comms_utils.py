@@ -17,11 +17,11 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from rlm.core.service import ServiceLink
 from rlm.core.types import ModelUsageSummary, Prompt, RLMChatCompletion, Usage, UsageSummary
 from rlm.environments.base import HandlerEndpoint
 from rlm.errors import ProtocolError, RLMError
 from rlm.runtime.protocol import recv_frame, send_frame
+from rlm.transport.inprocess import ServiceLink
 from rlm.transport.tcp import LMHandler, running_handler
 
 __all__ = [
@@ -168,7 +168,7 @@ def _link(address: tuple[str, int]) -> ServiceLink:
     with _LINKS_LOCK:
         link = _LINKS.get(handler)
         if link is None or link.closed:
-            link = _LINKS[handler] = handler.service.link(handler.open_session())
+            link = _LINKS[handler] = ServiceLink(handler.service, handler.open_session())
     return link
 
 

@@ -4,7 +4,8 @@ The service itself (sessions, the one LM path, child RLMs, tools) is `rlm.core.s
 TCP server is `rlm.transport.tcp`. Both are named here for code written against the reference.
 """
 
-from rlm.core.service import LMService, ServiceLink, Session
+from rlm.core.service import LMService, Session
+from rlm.transport.inprocess import ServiceLink
 from rlm.transport.tcp import LMHandler, running_handler
 
 __all__ = ["LMHandler", "LMService", "ServiceLink", "Session", "running_handler"]

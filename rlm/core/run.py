@@ -21,7 +21,7 @@ from rlm.core.arguments import validate_context
 from rlm.core.budget import Budget
 from rlm.core.events import Events, RunInfo
 from rlm.core.loop import RunLoop, jsonable_messages
-from rlm.core.service import LMService, ServiceLink, Session
+from rlm.core.service import LMService, Session
 from rlm.core.settings import RunSettings
 from rlm.core.types import (
     ChildResult,
@@ -37,6 +37,7 @@ from rlm.environments.pool import SandboxPool
 from rlm.errors import ConfigurationError, RLMError
 from rlm.prompts import build_system_prompt, context_metadata_message
 from rlm.runtime.repl import to_jsonable
+from rlm.transport.inprocess import ServiceLink
 
 CHILD_TASK_PROMPT = "The task is given in `context`: read it and do what it asks."
 
@@ -206,7 +207,7 @@ class Tree:
             persistent.contexts += 1
             persistent.link.rebind(session)
             return session, persistent.env, persistent.contexts
-        link = self.service.link(session)
+        link = ServiceLink(self.service, session)
         kwargs = {
             **self.settings.environment_kwargs,
             "handler": link,

@@ -6,18 +6,17 @@ root turns included, so budget checks, routing, usage ledgers and sub-call recor
 bypassed. A `Session` fixes, host-side and for good, what one environment may do: its depth,
 budget, ledger, child-RLM spawner and tools; nothing in a request can change them.
 
-How a request reaches the service is a transport's business, as httpx keeps its client apart
-from its transports: an environment in this process (the local REPL, the host side of every
-sandbox) holds a `ServiceLink` and hands requests over directly, on the rlm event loop; a
-process that truly is elsewhere (an IPython kernel, a reference-style client that only knows
-an address) connects to the TCP transport, `rlm.transport.tcp.LMHandler`, which
-authenticates it with a session token and calls the same `serve`.
+How a request reaches the service is a transport's business (`rlm.transport`), as httpx
+keeps its client apart from its transports: an environment in this process (the local REPL,
+the host side of every sandbox) holds a `ServiceLink` and hands requests over directly, on the
+rlm event loop; a process that truly is elsewhere (an IPython kernel, a reference-style client
+that only knows an address) connects to the TCP transport, `LMHandler`, which authenticates
+it with a session token and calls the same `serve`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import dataclasses
 import inspect
 import json
@@ -29,10 +28,10 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from rlm.clients.base import BaseLM
-from rlm.core.aio import get_loop, run_sync, to_thread
+from rlm.core.aio import run_sync, to_thread
 from rlm.core.budget import Budget, check_priced
 from rlm.core.cache import SubcallCache, cache_key
 from rlm.core.requests import (
@@ -56,11 +55,7 @@ from rlm.core.types import (
     UsageLedger,
     to_messages,
 )
-from rlm.errors import ConfigurationError, ProtocolError, ProviderError, RemoteError, RLMError
-
-if TYPE_CHECKING:
-    from rlm.environments.base import HandlerEndpoint
-    from rlm.transport.tcp import LMHandler
+from rlm.errors import ConfigurationError, ProtocolError, ProviderError, RLMError
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +68,15 @@ REQUEST_TYPES = ("llm", "llm_batch", "rlm", "rlm_batch", "tool", "ping")
 # Sub-call records (logs, UIs, replay) keep this much of each prompt: enough to read and to
 # match on replay, without holding every large prompt twice in memory.
 RECORD_PROMPT_CHARS = 10_000
+
+
+class Transport(Protocol):
+    """What the service asks of a transport over it (`rlm.transport.tcp.LMHandler`)."""
+
+    def forget(self, session: Session) -> None:
+        """The session was closed: refuse it from now on, drop its connections."""
+
+    async def astop(self) -> None: ...
 
 
 class _SessionState:
@@ -169,8 +173,7 @@ class LMService:
         self.batch_max_concurrent = batch_max_concurrent  # items of one batch at once (None: all)
         self.router = Router(client, others=other_clients, by_depth=depth_clients)
         self.cache = cache  # the sub-call cache (rlm.core.cache), None when off
-        self._tcp: LMHandler | None = None
-        self._tcp_lock = threading.Lock()
+        self._transports: list[Transport] = []  # attached by the transports themselves
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -207,31 +210,18 @@ class LMService:
     def close_session(self, session: Session) -> None:
         """End the session: later requests are refused, its TCP connections dropped."""
         session._state.closed = True
-        tcp = self._tcp
-        if tcp is not None:
-            tcp.forget(session)
+        for transport in list(self._transports):
+            transport.forget(session)
 
-    def link(self, session: Session) -> ServiceLink:
-        """An in-process line to this service for one session (what environments hold)."""
-        return ServiceLink(self, session)
-
-    def tcp(self) -> LMHandler:
-        """The TCP transport over this service, started on first use: for a process that
-        really is elsewhere (an IPython kernel) and must be given an address and a token."""
-        with self._tcp_lock:
-            if self._tcp is None:
-                from rlm.transport.tcp import LMHandler
-
-                self._tcp = LMHandler(service=self)
-            tcp = self._tcp
-        tcp.start()
-        return tcp
+    def attach(self, transport: Transport) -> None:
+        """A transport serving this service: told of closed sessions, stopped by `aclose`."""
+        self._transports.append(transport)
 
     async def aclose(self) -> None:
-        """Stop the TCP transport if it was started; the clients stay open."""
-        tcp, self._tcp = self._tcp, None
-        if tcp is not None:
-            await tcp.astop()
+        """Stop the transports attached to this service; the clients stay open."""
+        transports, self._transports = self._transports, []
+        for transport in transports:
+            await transport.astop()
 
     async def aclose_clients(self) -> None:
         """Close every routed client's SDK connections; raises the first failure after all ran."""
@@ -504,59 +494,3 @@ class LMService:
 
     def __repr__(self) -> str:
         return f"LMService(router={self.router!r})"
-
-
-class ServiceLink:
-    """An environment's line to the service, in this process: `submit` hands a request to
-    `LMService.serve` on the rlm loop and returns a future of its result, which fails with a
-    `RemoteError` carrying the error's type, exactly as a TCP `Connection`'s does.
-
-    `rebind` points the line at a new session: a persistent environment keeps its line across
-    completions while each completion has a session of its own.
-    """
-
-    def __init__(self, service: LMService, session: Session) -> None:
-        self.service = service
-        self.session = session
-
-    def rebind(self, session: Session) -> None:
-        self.session = session
-
-    def submit(self, payload: Mapping[str, Any]) -> concurrent.futures.Future[dict[str, Any]]:
-        future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
-        future.set_running_or_notify_cancel()  # requests cannot be withdrawn once sent
-        served = asyncio.run_coroutine_threadsafe(
-            self.service.serve(self.session, payload), get_loop()
-        )
-
-        def settle(done: concurrent.futures.Future[dict[str, Any]]) -> None:
-            if done.cancelled():
-                future.set_exception(RemoteError("CancellationError", "request cancelled"))
-                return
-            try:
-                reply = done.result()
-            except BaseException as exc:  # the loop is shutting down
-                future.set_exception(RemoteError(type(exc).__name__, str(exc)))
-                return
-            error = reply.get("error")
-            if error is not None:
-                future.set_exception(RemoteError(error["type"], error["message"]))
-            else:
-                future.set_result(reply["result"])
-
-        served.add_done_callback(settle)
-        return future
-
-    def request(self, payload: Mapping[str, Any], timeout: float | None = None) -> dict[str, Any]:
-        return self.submit(payload).result(timeout)
-
-    def endpoint(self) -> HandlerEndpoint:
-        """A TCP endpoint (address and token) for the same session, for another process."""
-        return self.service.tcp().endpoint(self.session)
-
-    def close(self) -> None:
-        """Nothing to release: the session is its owner's to close."""
-
-    @property
-    def closed(self) -> bool:
-        return self.session.closed

@@ -27,7 +27,7 @@ from rlm.environments.base import BaseEnv, HandlerEndpoint, ToolSpec
 from rlm.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from rlm.core.service import ServiceLink
+    from rlm.transport.inprocess import ServiceLink
     from rlm.transport.tcp import LMHandler
 
 Address = tuple[str, int]
@@ -48,6 +48,7 @@ class HandlerLease:
         self._link: ServiceLink | None = None
 
     def _service_link(self) -> ServiceLink:
+        from rlm.transport.inprocess import ServiceLink
         from rlm.transport.tcp import running_handler
 
         with self._lock:
@@ -60,7 +61,7 @@ class HandlerLease:
                         "one (`with LMHandler(client) as handler:`) and pass handler.address"
                     )
                 self._handler = handler
-                self._link = handler.service.link(handler.open_session(tools=self._tools))
+                self._link = ServiceLink(handler.service, handler.open_session(tools=self._tools))
             return self._link
 
     def submit(self, payload: Mapping[str, Any]) -> concurrent.futures.Future[dict[str, Any]]:

@@ -2,7 +2,7 @@
 
 Two kinds, one contract (the future's result is the request's result dict; a failed request
 raises `RemoteError` with the error's type name):
-- `rlm.core.service.ServiceLink`: in this process, straight to the service on the rlm loop.
+- `rlm.transport.inprocess.ServiceLink`: in this process, straight to the service on the rlm loop.
   What `RLM` gives every environment it builds, the host side of the sandboxes included.
 - `TcpLink`: a TCP connection to an `LMHandler`, opened on the first request; for an
   environment built with a `HandlerEndpoint` (an address and a token), e.g. by hand.

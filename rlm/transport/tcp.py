@@ -4,11 +4,12 @@ An asyncio server on 127.0.0.1 (port 0) on the shared rlm loop, speaking the len
 JSON frames of `rlm.runtime.protocol`. A connection proves which session it belongs to with
 the token `endpoint(session)` issued, in its hello frame; after that it may send any number
 of requests, several in flight at once, each answered by id with what `LMService.serve`
-returns. Environments in this process do not come here: they hold a `ServiceLink`.
+returns. Environments in this process do not come here: they hold a `ServiceLink`
+(`rlm.transport.inprocess`).
 
 Constructed by hand as in the reference (`with LMHandler(client) as handler: ...
-handler.address`), it makes a service of its own; `LMService.tcp()` makes one over an
-existing service.
+handler.address`), it makes a service of its own; `tcp_transport(service)` makes one over
+an existing service.
 """
 
 from __future__ import annotations
@@ -459,3 +460,19 @@ class LMHandler:
 
     def __repr__(self) -> str:
         return f"LMHandler(address={self.address!r}, service={self.service!r})"
+
+
+_TRANSPORTS: weakref.WeakKeyDictionary[LMService, LMHandler] = weakref.WeakKeyDictionary()
+_TRANSPORTS_LOCK = threading.Lock()
+
+
+def tcp_transport(service: LMService) -> LMHandler:
+    """The started TCP transport of `service` (one per service, made on first use): for a
+    process that really is elsewhere (an IPython kernel) and needs an address and a token."""
+    with _TRANSPORTS_LOCK:
+        handler = _TRANSPORTS.get(service)
+        if handler is None:
+            handler = _TRANSPORTS[service] = LMHandler(service=service)
+            service.attach(handler)
+    handler.start()
+    return handler
