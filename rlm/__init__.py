@@ -11,7 +11,6 @@
 from rlm.clients import get_client as get_client
 from rlm.clients.base import BaseLM as BaseLM
 from rlm.clients.scripted import ScriptedLM as ScriptedLM
-from rlm.core.cache import SubcallCache
 from rlm.core.events import Observer
 from rlm.core.rlm import RLM
 from rlm.core.types import (
@@ -44,6 +43,7 @@ from rlm.errors import (
     TimeoutExceededError,
     TokenLimitExceededError,
 )
+from rlm.lm_service.cache import SubcallCache
 from rlm.logger import RLMLogger as RLMLogger
 
 __version__ = "0.1.0"

@@ -19,10 +19,10 @@ from overlap import Overlap
 
 from rlm import RLM, ConfigurationError
 from rlm.clients.pricing import register_price
-from rlm.core.budget import Budget, Limits, Reservation
 from rlm.core.events import Observer, RunInfo
 from rlm.core.types import RLMIteration, SubcallRecord, Usage
 from rlm.errors import BudgetExceededError, TimeoutExceededError, TokenLimitExceededError
+from rlm.lm_service.budget import Budget, Limits, Reservation
 from rlm.logger import RLMLogger
 from rlm.testing import ProviderSimulator, SimRequest
 

@@ -14,9 +14,9 @@ import pytest
 
 from rlm import RLM, ConfigurationError
 from rlm.clients.scripted import ScriptedLM
-from rlm.core.cache import SubcallCache, cache_key, default_cache_path
 from rlm.core.lm_handler import LMHandler
 from rlm.core.types import LMResponse, Usage, UsageLedger
+from rlm.lm_service.cache import SubcallCache, cache_key, default_cache_path
 from rlm.logger import RLMLogger
 from rlm.testing import ProviderSimulator
 

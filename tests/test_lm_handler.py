@@ -17,9 +17,7 @@ from overlap import Overlap, wait_event
 
 from rlm.clients.base import BaseLM
 from rlm.core.aio import run_sync
-from rlm.core.budget import Budget, Limits
 from rlm.core.lm_handler import LMHandler, Session
-from rlm.core.router import Router
 from rlm.core.types import ChildResult, LMResponse, Message, SubcallRecord, Usage, UsageLedger
 from rlm.errors import (
     AuthenticationError,
@@ -28,6 +26,8 @@ from rlm.errors import (
     ProviderError,
     RemoteError,
 )
+from rlm.lm_service.budget import Budget, Limits
+from rlm.lm_service.router import Router
 from rlm.runtime.protocol import HEADER, Connection, encode_frame, recv_frame, send_frame
 
 pytestmark = pytest.mark.timeout(60)

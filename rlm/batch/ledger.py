@@ -1,6 +1,6 @@
 """One budget over a whole batch: every LM call of every task, on any node, draws from it.
 
-A task's own `Budget` (rlm/core/budget.py) reserves each call's worst case before it is sent
+A task's own `Budget` (rlm/lm_service/budget.py) reserves each call's worst case before it is sent
 and settles it after; with a batch ledger as its `parent`, the same reservation is also held
 here, so `max_budget` / `max_tokens` of the batch hold across concurrent tasks exactly as a
 task's limits hold across its concurrent sub-calls: a call that does not fit waits for calls in

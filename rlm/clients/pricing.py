@@ -2,7 +2,8 @@
 
 Unknown model -> no cost (None), never a guess. Users extend the table with `register_price`
 or per client with `backend_kwargs={"prices": {"input": ..., "output": ..., "cached_input": ...}}`.
-A `max_budget` on a model without a price is refused before the first call (`rlm.core.budget`).
+A `max_budget` on a model without a price is refused before the first call
+(`rlm.lm_service.budget`).
 
 Where the prices come from, read on 2026-12-03 (standard tier, text, no batch discount):
 - Anthropic: the provider's pages, platform.claude.com/docs/en/about-claude/pricing ("Model

@@ -10,7 +10,6 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rlm.core.budget import Budget
 from rlm.core.types import RLMChatCompletion
 from rlm.errors import (
     BudgetExceededError,
@@ -22,6 +21,7 @@ from rlm.errors import (
     TimeoutExceededError,
     TokenLimitExceededError,
 )
+from rlm.lm_service.budget import Budget
 
 MAX_CONTEXT_DEPTH = 500  # the nesting every environment's loader accepts
 

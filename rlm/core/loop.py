@@ -14,9 +14,7 @@ from typing import Any
 
 from rlm.clients.pricing import context_window
 from rlm.core.aio import to_thread
-from rlm.core.budget import Budget
 from rlm.core.events import Events, RunInfo
-from rlm.core.service import LMService, Session
 from rlm.core.settings import RunSettings
 from rlm.core.types import (
     CodeBlock,
@@ -29,6 +27,8 @@ from rlm.core.types import (
 )
 from rlm.environments.base import BaseEnv
 from rlm.errors import ConfigurationError, LimitExceededError, RLMError, TimeoutExceededError
+from rlm.lm_service.budget import Budget
+from rlm.lm_service.service import LMService, Session
 from rlm.parsing import find_code_blocks, find_final, ignored_languages, strip_code
 from rlm.prompts import (
     ANSWER_NOW,

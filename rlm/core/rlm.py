@@ -27,12 +27,8 @@ from rlm.core.arguments import (
     validate_context,
     with_sampling_args,
 )
-from rlm.core.budget import Budget, Ledger, Limits, check_priced
-from rlm.core.cache import SubcallCache
 from rlm.core.events import CallbackObserver, Events, EventStream, Observer, RunEvent
-from rlm.core.reference_internals import ReferenceInternals
 from rlm.core.run import Persistent, Tree
-from rlm.core.service import LMService
 from rlm.core.settings import RunSettings, frozen
 from rlm.core.types import RLMChatCompletion, UsageLedger, _serialize_value
 from rlm.environments import environment_class, get_environment
@@ -40,7 +36,11 @@ from rlm.environments.base import BaseEnv
 from rlm.environments.pool import SandboxPool, split_pool_kwargs
 from rlm.environments.tools import normalise_tools
 from rlm.errors import CancellationError, ConfigurationError
+from rlm.lm_service.budget import Budget, Ledger, Limits, check_priced
+from rlm.lm_service.cache import SubcallCache
+from rlm.lm_service.service import LMService
 from rlm.logger.redact import register_sensitive_values
+from rlm.reference_internals import ReferenceInternals
 from rlm.utils.rlm_utils import filter_sensitive_keys
 
 OnLimit = Literal["raise", "return"]
@@ -96,7 +96,7 @@ class RLM(ReferenceInternals):
             filter with code first); False leaves it out.
         user_prologue: text added to the first user message, after the context's metadata.
         observers: extra `rlm.core.events.Observer`s (loggers, UIs).
-        cache: the sub-call cache (`rlm.core.cache`): a `SubcallCache`, a SQLite file path, or
+        cache: the sub-call cache (`rlm.lm_service.cache`): a `SubcallCache`, a SQLite file path, or
             True for the default path. Identical LM requests, root turns included, are answered
             from it at zero cost, so re-running a run makes no provider calls.
     """
@@ -227,7 +227,7 @@ class RLM(ReferenceInternals):
                 "other_backend_kwargs must have one entry per other_backends entry "
                 f"({len(others)} backends, {len(other_kwargs)} kwargs)"
             )
-        # The reference's attributes, read by `_subcall` (rlm.core.reference_internals).
+        # The reference's attributes, read by `_subcall` (rlm.reference_internals).
         self.other_backends, self.other_backend_kwargs = others, [dict(k) for k in other_kwargs]
         self.custom_sub_tools = custom_sub_tools if custom_sub_tools is not None else custom_tools
         self.logger = logger

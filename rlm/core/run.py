@@ -18,10 +18,8 @@ from typing import Any
 
 from rlm.core.aio import to_thread
 from rlm.core.arguments import validate_context
-from rlm.core.budget import Budget
 from rlm.core.events import Events, RunInfo
 from rlm.core.loop import RunLoop, jsonable_messages
-from rlm.core.service import LMService, Session
 from rlm.core.settings import RunSettings
 from rlm.core.types import (
     ChildResult,
@@ -35,6 +33,8 @@ from rlm.core.types import (
 from rlm.environments.base import BaseEnv
 from rlm.environments.pool import SandboxPool
 from rlm.errors import ConfigurationError, RLMError
+from rlm.lm_service.budget import Budget
+from rlm.lm_service.service import LMService, Session
 from rlm.prompts import build_system_prompt, context_metadata_message
 from rlm.runtime.repl import to_jsonable
 from rlm.transport.inprocess import ServiceLink

@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from rlm.core.aio import get_loop
-from rlm.core.service import LMService, Session
 from rlm.environments.base import HandlerEndpoint
 from rlm.errors import RemoteError
+from rlm.lm_service.service import LMService, Session
 
 
 class ServiceLink:

@@ -26,13 +26,13 @@ from typing import Any
 
 from rlm.clients.base import BaseLM
 from rlm.core.aio import get_loop, in_loop_thread, on_loop, run_sync
-from rlm.core.budget import Budget
-from rlm.core.cache import SubcallCache
-from rlm.core.requests import error_payload
-from rlm.core.service import CallKind, LMService, RecordCallback, Session, SpawnFn
 from rlm.core.types import LMResponse, Prompt, UsageLedger
 from rlm.environments.base import HandlerEndpoint
 from rlm.errors import AuthenticationError, ConfigurationError, ProtocolError
+from rlm.lm_service.budget import Budget
+from rlm.lm_service.cache import SubcallCache
+from rlm.lm_service.requests import error_payload
+from rlm.lm_service.service import CallKind, LMService, RecordCallback, Session, SpawnFn
 from rlm.runtime.protocol import MAX_FRAME_BYTES, PROTOCOL_VERSION, encode_frame, read_frame
 
 logger = logging.getLogger(__name__)

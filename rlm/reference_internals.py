@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from rlm.core.budget import Limits
 from rlm.core.types import RLMChatCompletion, UsageSummary
 from rlm.errors import (
     BudgetExceededError,
@@ -24,6 +23,7 @@ from rlm.errors import (
     TimeoutExceededError,
     TokenLimitExceededError,
 )
+from rlm.lm_service.budget import Limits
 
 
 class ReferenceInternals:

@@ -32,20 +32,6 @@ from typing import Any, Literal, Protocol
 
 from rlm.clients.base import BaseLM
 from rlm.core.aio import run_sync, to_thread
-from rlm.core.budget import Budget, check_priced
-from rlm.core.cache import SubcallCache, cache_key
-from rlm.core.requests import (
-    ToolFailure,
-    check_prompt,
-    error_payload,
-    list_field,
-    log_failure,
-    optional_model,
-    prompt_text,
-    wire_sampling,
-    with_context,
-)
-from rlm.core.router import Router
 from rlm.core.types import (
     ChildResult,
     LMResponse,
@@ -56,6 +42,20 @@ from rlm.core.types import (
     to_messages,
 )
 from rlm.errors import ConfigurationError, ProtocolError, ProviderError, RLMError
+from rlm.lm_service.budget import Budget, check_priced
+from rlm.lm_service.cache import SubcallCache, cache_key
+from rlm.lm_service.requests import (
+    ToolFailure,
+    check_prompt,
+    error_payload,
+    list_field,
+    log_failure,
+    optional_model,
+    prompt_text,
+    wire_sampling,
+    with_context,
+)
+from rlm.lm_service.router import Router
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ class LMService:
             raise ConfigurationError("batch_max_concurrent must be >= 1")
         self.batch_max_concurrent = batch_max_concurrent  # items of one batch at once (None: all)
         self.router = Router(client, others=other_clients, by_depth=depth_clients)
-        self.cache = cache  # the sub-call cache (rlm.core.cache), None when off
+        self.cache = cache  # the sub-call cache (rlm.lm_service.cache), None when off
         self._transports: list[Transport] = []  # attached by the transports themselves
 
     # -- sessions ----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 from rlm.core.types import Prompt, to_messages
 from rlm.errors import ProtocolError, RemoteError, RLMError, error_type_name
 
-logger = logging.getLogger("rlm.core.service")
+logger = logging.getLogger("rlm.lm_service.service")
 
 MAX_ERROR_MESSAGE_CHARS = 10_000
 WIRE_SAMPLING_KEYS = frozenset(
