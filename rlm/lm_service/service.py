@@ -442,8 +442,6 @@ class LMService:
                 check_priced([client], session.budget.limits)
                 session.budget.start_subcall()
             child = await session.spawn(prompt, context, model)
-            if not isinstance(child, ChildResult):
-                raise TypeError(f"spawn must return a ChildResult, not {type(child).__name__}")
         except BaseException as exc:
             self._finish(session, record, error=exc)
             raise
