@@ -140,7 +140,7 @@ def test_a_revoked_token_is_refused_and_sessions_do_not_share_tokens(
 def test_the_run_token_dies_with_the_run() -> None:
     """Code in the local environment can read its own token (SECURITY.md); after the run it
     is useless."""
-    grab = repl("FINAL(llm_query.__self__.channel._endpoint.token)")
+    grab = repl("FINAL(llm_query.__self__.channel._endpoint()[2])")
     with RLM(
         backend="scripted",
         backend_kwargs={"model_name": "root", "responses": [grab]},

@@ -22,9 +22,6 @@ interrupted in-process, and neither can code that catches `BaseException` and ca
 from __future__ import annotations
 
 import concurrent.futures
-import copy
-import ctypes
-import math
 import shutil
 import tempfile
 import threading
@@ -40,62 +37,22 @@ from rlm.environments.base import (
     ToolSpec,
 )
 from rlm.environments.base_env import NonIsolatedEnv
+from rlm.environments.watchdog import Watchdog
 from rlm.errors import ConfigurationError, ContextLoadError, SandboxError
-from rlm.runtime.protocol import Connection
-from rlm.runtime.repl import CellTimeout, Repl
-
-_MAX_CONTEXT_DEPTH = 500
-
-
-def _set_async_exc(thread_id: int, exc: type[BaseException] | None) -> None:
-    """Raise `exc` in the thread at its next bytecode (None clears a pending one)."""
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc is not None else None
-    )
-
-
-class _Watchdog:
-    """Injects `CellTimeout` once into one thread, unless disarmed first.
-
-    Race-free: `disarm` stops the watchdog and joins it, so no injection can follow, then
-    clears anything still pending, retrying if the (single) injection lands during the join.
-    After `disarm` returns no `CellTimeout` can reach the thread's later (host) code.
-    """
-
-    def __init__(self, thread_id: int, seconds: float) -> None:
-        self._thread_id = thread_id
-        self._seconds = seconds
-        self._done = threading.Event()
-        self.fired = False
-        self._thread = threading.Thread(target=self._run, name="rlm-cell-watchdog", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        if not self._done.wait(self._seconds):
-            self.fired = True
-            _set_async_exc(self._thread_id, CellTimeout)
-
-    def disarm(self) -> None:
-        self._done.set()
-        while True:
-            try:
-                self._thread.join()
-                if self.fired:
-                    _set_async_exc(self._thread_id, None)
-                return
-            except CellTimeout:  # the injection arrived just now; nothing more can follow
-                continue
+from rlm.runtime.jsondata import json_copy
+from rlm.runtime.protocol import LazyConnection
+from rlm.runtime.repl import Repl
 
 
 class _TimedRepl(Repl):
     """A Repl whose cells are bracketed by a watchdog."""
 
     timeout: float | None = None
-    _watchdog: _Watchdog | None = None
+    _watchdog: Watchdog | None = None
 
     def cell_started(self) -> None:
         if self.timeout is not None:
-            self._watchdog = _Watchdog(threading.get_ident(), self.timeout)
+            self._watchdog = Watchdog(threading.get_ident(), self.timeout)
 
     def cell_finished(self) -> None:
         watchdog, self._watchdog = self._watchdog, None
@@ -103,79 +60,15 @@ class _TimedRepl(Repl):
             watchdog.disarm()
 
 
-class _LazyChannel:
-    """Connects to the LMHandler on the first request, so an env that never calls costs nothing.
+def _lazy_channel(endpoint: HandlerEndpoint | Callable[[], HandlerEndpoint]) -> LazyConnection:
+    """The REPL's channel: connects to the LMHandler on the first request. `endpoint` may be
+    a function that finds it then (a reference-style `lm_handler_address`)."""
 
-    `endpoint` may be a function that finds it then (a reference-style `lm_handler_address`).
-    """
+    def address() -> tuple[str, int, str]:
+        e = endpoint if isinstance(endpoint, HandlerEndpoint) else endpoint()
+        return e.host, e.port, e.token
 
-    def __init__(self, endpoint: HandlerEndpoint | Callable[[], HandlerEndpoint]) -> None:
-        self._endpoint = endpoint
-        self._lock = threading.Lock()
-        self._conn: Connection | None = None
-        self._closed = False
-
-    def _connection(self) -> Connection:
-        with self._lock:
-            if self._closed:
-                raise SandboxError("the environment was cleaned up")
-            if self._conn is None or self._conn.closed:
-                e = (
-                    self._endpoint
-                    if isinstance(self._endpoint, HandlerEndpoint)
-                    else self._endpoint()
-                )
-                self._conn = Connection.connect(e.host, e.port, e.token)
-            return self._conn
-
-    def submit(self, payload: dict[str, Any]) -> Any:
-        return self._connection().submit(payload)
-
-    def request(self, payload: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
-        return self._connection().request(payload, timeout)
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
-
-
-def _json_copy(
-    value: Any, where: str = "context", depth: int = 0, seen: tuple[int, ...] = ()
-) -> Any:
-    """Deep copy of a JSON-compatible value; anything else is a ContextLoadError."""
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ContextLoadError(f"{where} is {value}, which is not JSON-compatible")
-        return float(value)
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, (list, tuple, dict)):
-        if id(value) in seen:
-            raise ContextLoadError(f"{where} contains itself (a reference cycle)")
-        if depth >= _MAX_CONTEXT_DEPTH:
-            raise ContextLoadError(f"{where} is nested more than {_MAX_CONTEXT_DEPTH} levels deep")
-        inner = (*seen, id(value))
-        if isinstance(value, dict):
-            out = {}
-            for key, item in value.items():
-                if not isinstance(key, str):
-                    raise ContextLoadError(
-                        f"{where} has the non-str key {key!r}; JSON object keys must be str"
-                    )
-                out[str(key)] = _json_copy(item, f"{where}[{key!r}]", depth + 1, inner)
-            return out
-        return [_json_copy(item, f"{where}[{i}]", depth + 1, inner) for i, item in enumerate(value)]
-    raise ContextLoadError(
-        f"{where} is a {type(value).__name__}, which is not JSON-compatible; pass str, int, "
-        "float, bool, None, or lists/dicts of those (convert it first, e.g. list(...) or str(...))"
-    )
+    return LazyConnection(address)
 
 
 class _SubcallFnRunner:
@@ -312,7 +205,7 @@ class LocalREPL(ReferenceREPLMethods, NonIsolatedEnv):
         callables, specs = split_custom_tools(custom_tools)
         self.lm_handler_address = lm_handler_address
         self._lease: HandlerLease | None = None
-        self._channel: _LazyChannel | None = None
+        self._channel: LazyConnection | None = None
         self._connect(lm_handler_address)
         repl_tools = {
             name: {"description": spec.description, "callable": spec.callable, "value": spec.value}
@@ -358,9 +251,9 @@ class LocalREPL(ReferenceREPLMethods, NonIsolatedEnv):
         self._lease = None
         if address is not None:
             self._lease = HandlerLease(address)
-            self._channel = _LazyChannel(self._lease.endpoint)
+            self._channel = _lazy_channel(self._lease.endpoint)
         elif self.handler is not None:
-            self._channel = _LazyChannel(self.handler)
+            self._channel = _lazy_channel(self.handler)
         else:
             self._channel = None
         if hasattr(self, "_repl"):
@@ -393,17 +286,14 @@ class LocalREPL(ReferenceREPLMethods, NonIsolatedEnv):
 
     def load_context(self, context: Any, index: int = 0) -> None:
         """Bind a deep copy of `context` as `context_{index}` (and `context` for index 0)."""
-        try:
-            value = _json_copy(context)
-        except RecursionError:
-            raise ContextLoadError("context is nested too deeply") from None
+        value = json_copy(context, "context", error=ContextLoadError)
         self._repl.load_context(value, index)
         self._note_context(index)
 
     def add_history(self, history: list[Message], index: int | None = None) -> int:  # type: ignore[override]
         """Bind a copy of `history` as `history_{index}` (the next free index by default)."""
         index = self._next_history_index(index)
-        self._repl.add_history(copy.deepcopy(history), index)
+        self._repl.add_history(json_copy(history, "history", error=ContextLoadError), index)
         self._note_history(index)
         return index
 
