@@ -18,10 +18,12 @@ moves the channel into a supervisor process, and this module is where that move 
    has (`ChannelDecoder` + `MessageAssembler` in, `send_message` out), so what the worker
    process writes reaches the host only as whole, well-formed messages, and it owns what must
    outlive a hostile cell: checking the hello's token, a cell's hard deadline (kill the worker
-   at its deadline plus a grace), the group kill when the host goes away
-   (`Worker.channel_closed`/`stop_group` move there), and the `progress` note.
-3. Only the supervisor may then write `result` for the seq it forwarded as `exec`; a forged
-   result from the worker is dropped there.
+   at its deadline plus a grace) and the group kill when the host goes away
+   (`Worker.channel_closed`/`stop_group` move there).
+3. What it does not fix: the worker process still reports its cells' results over the
+   socketpair, so a cell can still forge its own `result` (SECURITY.md says so); what it
+   gains is that the bytes on the host's channel, the deadlines and the host-gone kill no
+   longer depend on the process that runs user code.
 
 Standard library only (plus `rlm.errors` and sibling runtime modules).
 """
