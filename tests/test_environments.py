@@ -31,7 +31,7 @@ from rlm.environments.base import BaseEnv, ToolSpec
 from rlm.environments.local import LocalREPL
 from rlm.errors import CancellationError, ContextLoadError, ProviderError
 from rlm.logger import RLMLogger
-from rlm.runtime.repl import to_jsonable
+from rlm.runtime.jsondata import to_jsonable
 
 pytestmark = pytest.mark.timeout(300)
 

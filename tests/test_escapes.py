@@ -234,7 +234,7 @@ print(p.communicate(timeout=20)[0].decode("utf-8", "replace"))
     # A host function handed to the code: its __globals__ are its module's.
     "E5": """
 g = llm_query.__func__.__globals__
-_leak(vars(g["os"]))
+_leak(vars(g["builtins"].__import__("os")))
 _hunt([llm_query.__self__])
 """,
     # A bound method's __self__, its attributes, and its class's __init__.__globals__.
@@ -243,8 +243,9 @@ repl_obj = llm_query.__self__
 _hunt([repl_obj, getattr(repl_obj, "channel", None)])
 for klass in type(repl_obj).__mro__:
     g = getattr(klass.__init__, "__globals__", {})
-    if "os" in g:
-        _leak(vars(g["os"]))
+    if "__builtins__" in g:
+        b = g["__builtins__"]
+        _leak(vars((b["__import__"] if isinstance(b, dict) else b.__import__)("os")))
         break
 """,
     # A running generator's frame, then up the stack through the caller's frames.
@@ -273,7 +274,10 @@ _hunt(objs)
 """,
     # Attribute access hidden in format strings (no attribute node in the code).
     "E9": """
-for spec in ("{0.__func__.__globals__[os].environ}", "{0.__self__.channel._endpoint.token}"):
+for spec in (
+    "{0.__func__.__globals__[capture].__globals__[os].environ}",
+    "{0.__self__.channel._endpoint.__closure__[0].cell_contents.token}",
+):
     try:
         print(spec.format(llm_query))
     except Exception as exc:
@@ -282,7 +286,7 @@ for spec in ("{0.__func__.__globals__[os].environ}", "{0.__self__.channel._endpo
     # Computed attribute names.
     "E10": """
 g = getattr(getattr(llm_query, "__fu" + "nc__"), "__glo" + "bals__")
-_leak(vars(g["o" + "s"]))
+_leak(vars(getattr(g["bui" + "ltins"], "__imp" + "ort__")("o" + "s")))
 """,
     # Module hops from an innocuous module.
     "E11": """

@@ -18,7 +18,8 @@ from rlm.environments.base import ToolSpec
 from rlm.environments.local import LocalREPL
 from rlm.errors import ConfigurationError, ContextLoadError, ProviderError, RemoteError
 from rlm.runtime.capture import capture
-from rlm.runtime.repl import Repl, to_jsonable
+from rlm.runtime.jsondata import to_jsonable
+from rlm.runtime.repl import Repl
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -66,7 +66,7 @@ def sandbox(kind: str) -> Iterator[IsolatedEnv]:
 # memory is reachable from a cell) and writes raw frames to it.
 FIND_CHANNEL = (
     "import gc, os, struct, signal, time\n"
-    "chan = next(o for o in gc.get_objects() if type(o).__name__ == 'FrameWriter').fd\n"
+    "chan = next(o for o in gc.get_objects() if type(o).__name__ == 'HostLink').out_fd\n"
     "def put(data):\n"
     "    view = memoryview(data)\n"
     "    while view:\n"
@@ -210,7 +210,8 @@ def test_a_json_blob_of_empty_lists_does_not_amplify_into_host_memory(
 def test_a_frame_of_empty_lists_is_refused_before_parsing() -> None:
     """The same bound holds for every frame (LMHandler requests included)."""
     from rlm.errors import ProtocolError
-    from rlm.runtime.protocol import MAX_JSON_VALUES, decode_payload
+    from rlm.runtime.channel import decode_payload
+    from rlm.runtime.jsondata import MAX_JSON_VALUES
 
     body = b'{"x":[' + b"[]," * MAX_JSON_VALUES + b"[]]}"
     with pytest.raises(ProtocolError, match="JSON values"):

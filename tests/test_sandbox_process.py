@@ -19,7 +19,7 @@ from sandbox_kinds import DAEMON, require_confinement
 from rlm.environments.process import ProcessREPL
 from rlm.errors import ConfigurationError, SandboxError
 from rlm.runtime.bundle import WORKER_MODULE, build_bundle_dir, bundle_files, bundle_zip
-from rlm.runtime.worker import ChannelDecoder, MessageAssembler, message_frames
+from rlm.runtime.channel import ChannelDecoder, MessageAssembler, message_frames
 
 pytestmark = pytest.mark.timeout(120)
 

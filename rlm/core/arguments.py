@@ -22,8 +22,9 @@ from rlm.errors import (
     TokenLimitExceededError,
 )
 from rlm.lm_service.budget import Budget
+from rlm.runtime.jsondata import MAX_DEPTH, check_json
 
-MAX_CONTEXT_DEPTH = 500  # the nesting every environment's loader accepts
+MAX_CONTEXT_DEPTH = MAX_DEPTH  # the nesting every environment's loader accepts
 
 
 def validate_context(value: Any) -> None:
@@ -31,49 +32,10 @@ def validate_context(value: Any) -> None:
 
     Walks the value instead of serialising it, so a 100 MB string costs nothing to check. A
     container that holds itself (`a = []; a.append(a)`) or nesting deeper than
-    `MAX_CONTEXT_DEPTH` is refused at once: neither can be sent to an environment.
+    `MAX_CONTEXT_DEPTH` is refused at once: neither can be sent to an environment. The walker
+    is `rlm.runtime.jsondata`'s, the one every environment loads contexts with.
     """
-    # Depth-first with explicit exits, so `path` holds the containers above the current item:
-    # meeting one of them again is a cycle; meeting a shared container elsewhere is fine.
-    path: set[int] = set()
-    stack: list[tuple[Any, int, bool]] = [(value, 0, False)]
-    while stack:
-        item, level, leaving = stack.pop()
-        if leaving:
-            path.discard(id(item))
-            continue
-        if item is None or isinstance(item, (str, bool, int)):
-            continue
-        if isinstance(item, float):
-            if item != item or item in (float("inf"), float("-inf")):
-                raise ContextLoadError("the prompt cannot be loaded as `context`: NaN/Infinity")
-            continue
-        if isinstance(item, (list, tuple, dict)):
-            if id(item) in path:
-                raise ContextLoadError(
-                    "the prompt cannot be loaded as `context`: it contains itself (a cycle)"
-                )
-            if level >= MAX_CONTEXT_DEPTH:
-                raise ContextLoadError(
-                    "the prompt cannot be loaded as `context`: nested more than "
-                    f"{MAX_CONTEXT_DEPTH} levels deep"
-                )
-            if isinstance(item, dict):
-                if not all(isinstance(k, str) for k in item):
-                    raise ContextLoadError(
-                        "the prompt cannot be loaded as `context`: dict keys must be str"
-                    )
-                children: Any = item.values()
-            else:
-                children = item
-            path.add(id(item))
-            stack.append((item, level, True))
-            stack.extend((child, level + 1, False) for child in children)
-            continue
-        raise ContextLoadError(
-            "the prompt cannot be loaded as `context`: it must be a str, a list of str, a dict, "
-            f"a list of chat messages or other JSON data, not {type(item).__name__}"
-        )
+    check_json(value, "the prompt (loaded as `context`)", error=ContextLoadError)
 
 
 def limit_error(

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field, replace
 from types import ModuleType
 from typing import Any, Literal, TypeAlias
 
+from rlm.runtime.jsondata import to_jsonable
+
 ClientBackend: TypeAlias = str
 """A backend name ("openai", "anthropic", ... or a plugin's); the reference's alias, kept open
 because plugins register more names than a Literal could list."""
@@ -40,22 +42,21 @@ StopReason: TypeAlias = Literal[
 
 
 def _serialize_value(value: Any) -> Any:
-    """`value` as JSON data for logs: containers walked, callables and modules named, the rest
-    repr()'d. Named as in the reference, whose users call it on REPL locals."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, ModuleType):
-        return f"<module '{value.__name__}'>"
-    if isinstance(value, (list, tuple)):
-        return [_serialize_value(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _serialize_value(v) for k, v in value.items()}
-    if callable(value):
-        return f"<{type(value).__name__} '{getattr(value, '__name__', repr(value))}'>"
-    try:
-        return repr(value)
-    except Exception:
-        return f"<{type(value).__name__}>"
+    """`value` as JSON data for logs: containers walked (`rlm.runtime.jsondata`, so a cycle or
+    deep nesting ends the walk), callables and modules named, the rest repr()'d. Named as in
+    the reference, whose users call it on REPL locals."""
+
+    def describe(item: Any) -> str:
+        if isinstance(item, ModuleType):
+            return f"<module '{item.__name__}'>"
+        if callable(item):
+            return f"<{type(item).__name__} '{getattr(item, '__name__', repr(item))}'>"
+        try:
+            return repr(item)
+        except Exception:
+            return f"<{type(item).__name__}>"
+
+    return to_jsonable(value, describe)
 
 
 def to_messages(prompt: Prompt) -> list[Message]:

@@ -26,14 +26,9 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from rlm.runtime.repl import (
-    CellTimeout,
-    Repl,
-    _FinalSignal,
-    _sleep_until_done,
-    safe_str,
-    to_jsonable,
-)
+from rlm.environments.watchdog import Watchdog
+from rlm.runtime.jsondata import safe_str, to_jsonable
+from rlm.runtime.repl import CellTimeout, Repl, _FinalSignal, _sleep_until_done
 
 CELL_MIME = "application/vnd.rlm.cell+json"
 """The MIME type of the per-cell summary a kernel publishes after each user cell."""
@@ -79,9 +74,7 @@ class _Alarm:
 def _start_timer(seconds: float) -> Any:
     if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGALRM"):
         return _Alarm(seconds)
-    from rlm.environments.local import _Watchdog
-
-    return _Watchdog(threading.get_ident(), max(seconds, 1e-3))
+    return Watchdog(threading.get_ident(), max(seconds, 1e-3))
 
 
 class ShellRepl(Repl):

@@ -10,37 +10,10 @@ This module is also imported inside the kernel subprocess: standard library and 
 from __future__ import annotations
 
 import concurrent.futures
-import threading
 from collections.abc import Mapping
 from typing import Any
 
-from rlm.runtime.protocol import Connection
-
-
-class _Lazy:
-    """Connects on the first request, so an endpoint nobody calls costs nothing."""
-
-    def __init__(self, host: str, port: int, token: str) -> None:
-        self._address = (host, port, token)
-        self._lock = threading.Lock()
-        self._conn: Connection | None = None
-        self._closed = False
-
-    def submit(self, payload: dict[str, Any]) -> concurrent.futures.Future[dict[str, Any]]:
-        with self._lock:
-            if self._closed:
-                raise ConnectionError("the REPL was cleaned up")
-            if self._conn is None or self._conn.closed:
-                self._conn = Connection.connect(*self._address)
-            conn = self._conn
-        return conn.submit(payload)
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+from rlm.runtime.protocol import LazyConnection
 
 
 class RoutedChannel:
@@ -48,8 +21,8 @@ class RoutedChannel:
 
     def __init__(
         self,
-        primary: _Lazy | None,
-        hub: _Lazy | None = None,
+        primary: LazyConnection | None,
+        hub: LazyConnection | None = None,
         hub_types: frozenset[str] = frozenset(),
     ) -> None:
         self._primary = primary
@@ -60,10 +33,11 @@ class RoutedChannel:
     def from_config(cls, config: Mapping[str, Any]) -> RoutedChannel:
         """`{"primary": {"host", "port", "token"} | None, "hub": ... | None, "hub_types": [...]}`"""
 
-        def endpoint(spec: Any) -> _Lazy | None:
+        def endpoint(spec: Any) -> LazyConnection | None:
             if not spec:
                 return None
-            return _Lazy(str(spec["host"]), int(spec["port"]), str(spec["token"]))
+            address = (str(spec["host"]), int(spec["port"]), str(spec["token"]))
+            return LazyConnection(lambda: address)
 
         return cls(
             endpoint(config.get("primary")),

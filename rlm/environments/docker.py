@@ -29,7 +29,7 @@ from rlm.environments.isolated import IsolatedEnv, Transport
 from rlm.environments.sandbox_parts import HostStage, SandboxTransport, keyword_names, quietly
 from rlm.errors import ConfigurationError, SandboxError
 from rlm.runtime.bundle import WORKER_MODULE, bundle_dir
-from rlm.runtime.worker import write_all
+from rlm.runtime.channel import write_all
 
 DEFAULT_IMAGE = "rlm-sandbox:latest"
 IMAGE_ENV = "RLM_SANDBOX_IMAGE"

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import copy
 import json
 import os
 import shutil
@@ -51,7 +50,8 @@ from rlm.environments.base import (
     HandlerEndpoint,
     ToolSpec,
 )
-from rlm.errors import ConfigurationError, SandboxError
+from rlm.errors import ConfigurationError, ContextLoadError, SandboxError
+from rlm.runtime.jsondata import json_copy
 
 KernelMode = Literal["in_process", "subprocess"]
 _UNSET: Any = object()
@@ -314,13 +314,7 @@ class IPythonREPL(BaseEnv):
     # ------------------------------------------------------------ contexts
     def load_context(self, context: Any, index: int = 0) -> None:
         """Bind a copy of `context` as `context_{index}` (and `context` for index 0)."""
-        from rlm.environments.local import _json_copy
-        from rlm.errors import ContextLoadError
-
-        try:
-            value = _json_copy(context)
-        except RecursionError:
-            raise ContextLoadError("context is nested too deeply") from None
+        value = json_copy(context, "context", error=ContextLoadError)
         with self._lock:
             self._bind("context", value, index)
             self._context_count = max(self._context_count, index + 1)
@@ -338,7 +332,7 @@ class IPythonREPL(BaseEnv):
 
     def add_history(self, history: list[Message], index: int | None = None) -> int:  # type: ignore[override]
         """Bind a copy of `history` as `history_{index}` (the next index when None)."""
-        value = copy.deepcopy(history)
+        value = json_copy(history, "history", error=ContextLoadError)
         with self._lock:
             if index is None:
                 index = self._history_count

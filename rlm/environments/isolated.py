@@ -24,8 +24,6 @@ import collections
 import concurrent.futures.thread  # noqa: F401 - its exit hook must be registered before ours
 import contextlib
 import itertools
-import json
-import math
 import os
 import queue
 import secrets
@@ -51,11 +49,12 @@ from rlm.errors import (
     RemoteError,
     SandboxError,
 )
-from rlm.runtime.protocol import MAX_FRAME_BYTES
-from rlm.runtime.worker import (
+from rlm.runtime import jsondata
+from rlm.runtime.channel import (
     ABORT_FRAME,
     CHANNEL_VERSION,
     ENCODING_ENV,
+    MAX_FRAME_BYTES,
     REQUEST_TYPES,
     TOKEN_ENV,
     ChannelDecoder,
@@ -78,7 +77,6 @@ LIMIT_KWARGS = (
 )
 INLINE_LIMIT = 1 << 20  # contexts up to this size travel in a frame, larger ones as a file
 DEFAULT_MAX_MESSAGE_CHARS = 512 * 2**20  # what one reply from a sandbox may hold
-_MAX_JSON_DEPTH = 500
 _LOAD_TIMEOUT = 300.0
 _PROGRESS_WINDOW = 5.0  # a reply in transfer keeps the deadline off while parts keep coming
 _EOF = object()
@@ -138,37 +136,9 @@ def _release(transport: Transport, paths: list[Path]) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def check_json(
-    value: Any, where: str = "context", depth: int = 0, seen: tuple[int, ...] = ()
-) -> None:
-    """Raise ContextLoadError unless `value` is JSON data (str keys, finite floats, no cycles)."""
-    if value is None or isinstance(value, (str, bool, int)):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ContextLoadError(f"{where} is {value}, which is not JSON-compatible")
-        return
-    if isinstance(value, (list, tuple, dict)):
-        if id(value) in seen:
-            raise ContextLoadError(f"{where} contains itself (a reference cycle)")
-        if depth >= _MAX_JSON_DEPTH:
-            raise ContextLoadError(f"{where} is nested more than {_MAX_JSON_DEPTH} levels deep")
-        inner = (*seen, id(value))
-        if isinstance(value, dict):
-            for key, item in value.items():
-                if not isinstance(key, str):
-                    raise ContextLoadError(
-                        f"{where} has the non-str key {key!r}; JSON object keys must be str"
-                    )
-                check_json(item, f"{where}[{key!r}]", depth + 1, inner)
-        else:
-            for i, item in enumerate(value):
-                check_json(item, f"{where}[{i}]", depth + 1, inner)
-        return
-    raise ContextLoadError(
-        f"{where} is a {type(value).__name__}, which is not JSON-compatible; pass str, int, "
-        "float, bool, None, or lists/dicts of those (convert it first, e.g. list(...) or str(...))"
-    )
+def check_json(value: Any, where: str = "context") -> None:
+    """ContextLoadError unless `value` is JSON data (`rlm.runtime.jsondata`, as everywhere)."""
+    jsondata.check_json(value, where, error=ContextLoadError)
 
 
 def encode_value(value: Any) -> tuple[bytes, str]:
@@ -177,11 +147,8 @@ def encode_value(value: Any) -> tuple[bytes, str]:
         try:
             return value.encode("utf-8"), "text"
         except UnicodeEncodeError:  # lone surrogates: JSON escapes carry them exactly
-            return json.dumps(value).encode("ascii"), "json"
-    try:
-        return json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8"), "json"
-    except UnicodeEncodeError:
-        return json.dumps(value, allow_nan=False).encode("ascii"), "json"
+            return jsondata.json_bytes(value), "json"
+    return jsondata.json_bytes(value), "json"
 
 
 def _text(value: Any, limit: int | None = None) -> str:

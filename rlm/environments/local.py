@@ -23,9 +23,6 @@ interrupted in-process, and neither can code that catches `BaseException` and ca
 from __future__ import annotations
 
 import concurrent.futures
-import copy
-import ctypes
-import math
 import shutil
 import tempfile
 import threading
@@ -43,102 +40,26 @@ from rlm.environments.base import (
 )
 from rlm.environments.base_env import NonIsolatedEnv
 from rlm.environments.link import open_link
+from rlm.environments.watchdog import Watchdog
 from rlm.errors import ConfigurationError, ContextLoadError, SandboxError
-from rlm.runtime.repl import CellTimeout, Repl
-
-_MAX_CONTEXT_DEPTH = 500
-
-
-def _set_async_exc(thread_id: int, exc: type[BaseException] | None) -> None:
-    """Raise `exc` in the thread at its next bytecode (None clears a pending one)."""
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc is not None else None
-    )
-
-
-class _Watchdog:
-    """Injects `CellTimeout` once into one thread, unless disarmed first.
-
-    Race-free: `disarm` stops the watchdog and joins it, so no injection can follow, then
-    clears anything still pending, retrying if the (single) injection lands during the join.
-    After `disarm` returns no `CellTimeout` can reach the thread's later (host) code.
-    """
-
-    def __init__(self, thread_id: int, seconds: float) -> None:
-        self._thread_id = thread_id
-        self._seconds = seconds
-        self._done = threading.Event()
-        self.fired = False
-        self._thread = threading.Thread(target=self._run, name="rlm-cell-watchdog", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        if not self._done.wait(self._seconds):
-            self.fired = True
-            _set_async_exc(self._thread_id, CellTimeout)
-
-    def disarm(self) -> None:
-        self._done.set()
-        while True:
-            try:
-                self._thread.join()
-                if self.fired:
-                    _set_async_exc(self._thread_id, None)
-                return
-            except CellTimeout:  # the injection arrived just now; nothing more can follow
-                continue
+from rlm.runtime.jsondata import json_copy
+from rlm.runtime.repl import Repl
 
 
 class _TimedRepl(Repl):
     """A Repl whose cells are bracketed by a watchdog."""
 
     timeout: float | None = None
-    _watchdog: _Watchdog | None = None
+    _watchdog: Watchdog | None = None
 
     def cell_started(self) -> None:
         if self.timeout is not None:
-            self._watchdog = _Watchdog(threading.get_ident(), self.timeout)
+            self._watchdog = Watchdog(threading.get_ident(), self.timeout)
 
     def cell_finished(self) -> None:
         watchdog, self._watchdog = self._watchdog, None
         if watchdog is not None:
             watchdog.disarm()
-
-
-def _json_copy(
-    value: Any, where: str = "context", depth: int = 0, seen: tuple[int, ...] = ()
-) -> Any:
-    """Deep copy of a JSON-compatible value; anything else is a ContextLoadError."""
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ContextLoadError(f"{where} is {value}, which is not JSON-compatible")
-        return float(value)
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, (list, tuple, dict)):
-        if id(value) in seen:
-            raise ContextLoadError(f"{where} contains itself (a reference cycle)")
-        if depth >= _MAX_CONTEXT_DEPTH:
-            raise ContextLoadError(f"{where} is nested more than {_MAX_CONTEXT_DEPTH} levels deep")
-        inner = (*seen, id(value))
-        if isinstance(value, dict):
-            out = {}
-            for key, item in value.items():
-                if not isinstance(key, str):
-                    raise ContextLoadError(
-                        f"{where} has the non-str key {key!r}; JSON object keys must be str"
-                    )
-                out[str(key)] = _json_copy(item, f"{where}[{key!r}]", depth + 1, inner)
-            return out
-        return [_json_copy(item, f"{where}[{i}]", depth + 1, inner) for i, item in enumerate(value)]
-    raise ContextLoadError(
-        f"{where} is a {type(value).__name__}, which is not JSON-compatible; pass str, int, "
-        "float, bool, None, or lists/dicts of those (convert it first, e.g. list(...) or str(...))"
-    )
 
 
 class _SubcallFnRunner:
@@ -354,17 +275,14 @@ class LocalREPL(ReferenceREPLMethods, NonIsolatedEnv):
 
     def load_context(self, context: Any, index: int = 0) -> None:
         """Bind a deep copy of `context` as `context_{index}` (and `context` for index 0)."""
-        try:
-            value = _json_copy(context)
-        except RecursionError:
-            raise ContextLoadError("context is nested too deeply") from None
+        value = json_copy(context, "context", error=ContextLoadError)
         self._repl.load_context(value, index)
         self._note_context(index)
 
     def add_history(self, history: list[Message], index: int | None = None) -> int:  # type: ignore[override]
         """Bind a copy of `history` as `history_{index}` (the next free index by default)."""
         index = self._next_history_index(index)
-        self._repl.add_history(copy.deepcopy(history), index)
+        self._repl.add_history(json_copy(history, "history", error=ContextLoadError), index)
         self._note_history(index)
         return index
 

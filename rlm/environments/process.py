@@ -37,8 +37,8 @@ from rlm.environments.isolated import IsolatedEnv, Transport, scrubbed_env
 from rlm.environments.sandbox_parts import HostStage, SandboxTransport, keyword_names
 from rlm.errors import ConfigurationError, SandboxError
 from rlm.runtime.bundle import WORKER_MODULE, bundle_dir
+from rlm.runtime.channel import write_all
 from rlm.runtime.procgroup import end_tree
-from rlm.runtime.worker import write_all
 
 
 class ProcessTransport(SandboxTransport):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rlm.environments.isolated import OutputTail, Transport
-from rlm.runtime.worker import write_all
+from rlm.runtime.channel import write_all
 
 
 class SandboxTransport(Transport):

@@ -1,13 +1,10 @@
-"""The LMHandler wire protocol: length-prefixed JSON frames, and the client used inside REPLs.
+"""The LMHandler wire protocol over TCP or a Unix socket, and the client used inside REPLs.
 
 A frame is a 4-byte big-endian length, then that many bytes of strict UTF-8 JSON holding one
-object (see docs/protocol.md). This module is shipped into sandboxes next to `rlm/errors.py`,
-so it imports only the standard library and `rlm.errors`.
-
-Every reader checks the declared length against the cap before it buffers the body, decodes
-UTF-8 strictly before parsing (``json.loads(bytes)`` would guess UTF-16/32), rejects NaN and
-Infinity, and turns deep nesting and over-long integers into `ProtocolError` instead of leaking
-`RecursionError`/`ValueError`.
+object (see docs/protocol.md); encoding and decoding frames is `rlm.runtime.channel`'s (the one
+codec, shared with the sandbox channel). Here: reading frames from sockets and streams (the
+declared length checked against the cap before the body is buffered), and `Connection`, the
+multiplexed client. Shipped into sandboxes: standard library and `rlm` runtime modules only.
 """
 
 from __future__ import annotations
@@ -16,155 +13,40 @@ import asyncio
 import concurrent.futures
 import contextlib
 import itertools
-import json
 import socket
-import struct
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
-from rlm.errors import (
-    AuthenticationError,
-    FrameTooLargeError,
-    IncompleteFrameError,
-    ProtocolError,
-    RemoteError,
+from rlm.errors import AuthenticationError, IncompleteFrameError, ProtocolError, RemoteError
+
+from .channel import (
+    HEADER,
+    MAX_FRAME_BYTES,
+    FrameDecoder,
+    check_cap,
+    decode_payload,
+    encode_frame,
 )
 
+__all__ = [
+    "HEADER",
+    "MAX_FRAME_BYTES",
+    "PROTOCOL_VERSION",
+    "Connection",
+    "FrameDecoder",
+    "LazyConnection",
+    "PendingRequests",
+    "decode_payload",
+    "encode_frame",
+    "read_frame",
+    "recv_frame",
+    "send_frame",
+]
+
 PROTOCOL_VERSION = 1
-MAX_FRAME_BYTES = 64 * 2**20
-HEADER = struct.Struct(">I")
-_HEADER_MAX = 2**32 - 1
 _RECV_CHUNK = 1 << 20
-
-
-def _check_cap(length: int, max_frame_bytes: int) -> None:
-    if length > max_frame_bytes:
-        raise FrameTooLargeError(f"frame of {length} bytes is over the cap of {max_frame_bytes}")
-
-
-def encode_frame(obj: dict[str, Any], max_frame_bytes: int = MAX_FRAME_BYTES) -> bytes:
-    """Header + JSON body of one message; refuses anything the peer would have to reject."""
-    if not isinstance(obj, dict):
-        raise ProtocolError(f"a frame must hold a JSON object, not {type(obj).__name__}")
-    try:
-        try:
-            body = json.dumps(obj, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
-            data = body.encode("utf-8")
-        except UnicodeEncodeError:
-            # Lone surrogates cannot be UTF-8; \u escapes carry them as valid JSON instead.
-            data = json.dumps(obj, allow_nan=False, separators=(",", ":")).encode("ascii")
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise ProtocolError(f"message is not encodable as JSON: {exc}") from exc
-    _check_cap(len(data), min(max_frame_bytes, _HEADER_MAX))
-    return HEADER.pack(len(data)) + data
-
-
-# What parsing one message may cost, counted before it is parsed. A JSON value costs its
-# reader far more than its bytes: `[],` is 3 bytes and a 56-byte list, so a 40 MB text of
-# them would take a gigabyte. Every value but the first in a container follows a "," (or a
-# ":" in an object), and every container opens with "[" or "{" (weighted twice: the
-# container and its first value), so this count bounds the number of values parsed.
-MAX_JSON_VALUES = 2_000_000
-
-
-def json_value_bound(text: str | bytes) -> int:
-    """An upper bound on the number of values parsing `text` would create (see above)."""
-    if isinstance(text, str):
-        return 2 * (text.count("[") + text.count("{")) + text.count(",") + text.count(":") + 1
-    return 2 * (text.count(b"[") + text.count(b"{")) + text.count(b",") + text.count(b":") + 1
-
-
-def check_json_cost(text: str | bytes, max_values: int = MAX_JSON_VALUES) -> None:
-    """ProtocolError if parsing `text` could create more than `max_values` values, before
-    anything is parsed (brackets and commas inside strings count too: the bound is safe)."""
-    if len(text) // 2 < max_values:  # at least 2 bytes per counted value: fast path
-        return
-    bound = json_value_bound(text)
-    if bound > max_values:
-        raise ProtocolError(
-            f"message holds up to {bound} JSON values, over the cap of {max_values} "
-            "(parsing it would cost far more memory than its size)"
-        )
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def decode_payload(data: bytes | bytearray | memoryview) -> dict[str, Any]:
-    """Parse one frame body: strict UTF-8, strict JSON, a top-level object, a bounded number
-    of values (`check_json_cost`)."""
-    raw = bytes(data)
-    check_json_cost(raw)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ProtocolError(f"frame is not valid UTF-8 (byte {exc.start})") from None
-    del raw
-    try:
-        obj = json.loads(text, parse_constant=_reject_constant)
-    except RecursionError:
-        raise ProtocolError("frame JSON is nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError, NaN/Infinity, the int-digits limit
-        raise ProtocolError(f"frame is not valid JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise ProtocolError(f"frame must hold a JSON object, not {type(obj).__name__}")
-    return obj
-
-
-class FrameDecoder:
-    """Incremental decoder: feed it bytes as they arrive, get back whole messages only.
-
-    The buffer never holds more than one header or one frame body (at most the cap), because
-    the declared length is checked before any body byte is kept. After an error the stream is
-    out of sync, so every later `feed` raises too.
-    """
-
-    def __init__(self, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
-        self.max_frame_bytes = max_frame_bytes
-        self._buf = bytearray()
-        self._need: int | None = None  # body length once the header has been read
-        self._error: ProtocolError | None = None
-
-    @property
-    def pending(self) -> int:
-        """Bytes received but not yet delivered (a partial header or body)."""
-        return len(self._buf) + (HEADER.size if self._need is not None else 0)
-
-    def feed(self, data: bytes | bytearray | memoryview) -> list[dict[str, Any]]:
-        if self._error is not None:
-            raise ProtocolError(f"decoder stopped after an earlier error: {self._error}")
-        try:
-            return self._feed(memoryview(data).cast("B"))
-        except ProtocolError as exc:
-            self._error = exc
-            self._buf = bytearray()
-            self._need = None
-            raise
-
-    def _feed(self, view: memoryview) -> list[dict[str, Any]]:
-        frames: list[dict[str, Any]] = []
-        while view:
-            if self._need is None:
-                take = HEADER.size - len(self._buf)
-                self._buf += view[:take]
-                view = view[take:]
-                if len(self._buf) < HEADER.size:
-                    break
-                (length,) = HEADER.unpack(self._buf)
-                _check_cap(length, self.max_frame_bytes)
-                self._buf.clear()
-                self._need = length
-            take = self._need - len(self._buf)
-            self._buf += view[:take]
-            view = view[take:]
-            if len(self._buf) < self._need:
-                break
-            body = bytes(self._buf)
-            self._buf.clear()
-            self._need = None
-            frames.append(decode_payload(body))
-        return frames
 
 
 def _recv_exactly(sock: socket.socket, n: int, *, frame_start: bool) -> bytearray | None:
@@ -195,7 +77,7 @@ def recv_frame(
     if header is None:
         return None
     (length,) = HEADER.unpack(header)
-    _check_cap(length, max_frame_bytes)
+    check_cap(length, max_frame_bytes)
     body = _recv_exactly(sock, length, frame_start=False) if length else bytearray()
     assert body is not None
     return decode_payload(body)
@@ -222,7 +104,7 @@ async def read_frame(
             except asyncio.IncompleteReadError as exc:
                 raise IncompleteFrameError(HEADER.size, 1 + len(exc.partial)) from None
             (length,) = HEADER.unpack(first + rest)
-            _check_cap(length, max_frame_bytes)
+            check_cap(length, max_frame_bytes)
             try:
                 body = await reader.readexactly(length)
             except asyncio.IncompleteReadError as exc:
@@ -455,3 +337,48 @@ class Connection:
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"Connection(depth={self.depth}, {state})"
+
+
+CONNECT_ATTEMPTS = 5
+
+
+def connect_with_retries(host: str, port: int, token: str) -> Connection:
+    """A connection dropped before its hello was answered (the handler sheds idle connections
+    when flooded) is tried again; a refused token is not."""
+    for attempt in range(1, CONNECT_ATTEMPTS + 1):
+        try:
+            return Connection.connect(host, port, token)
+        except (OSError, ProtocolError) as exc:
+            refused = isinstance(exc, AuthenticationError) and "refused" in str(exc)
+            if refused or attempt == CONNECT_ATTEMPTS:
+                raise
+            time.sleep(0.1 * attempt)
+    raise AssertionError("unreachable")
+
+
+class LazyConnection:
+    """A `Connection` opened on the first request, and again after it died, so a REPL that
+    never calls costs nothing. `endpoint()` gives (host, port, token) at that time: a REPL
+    driven by hand may learn its LMHandler's address late."""
+
+    def __init__(self, endpoint: Callable[[], tuple[str, int, str]]) -> None:
+        self._endpoint = endpoint
+        self._lock = threading.Lock()
+        self._conn: Connection | None = None
+        self._closed = False
+
+    def submit(self, payload: dict[str, Any]) -> concurrent.futures.Future[dict[str, Any]]:
+        with self._lock:
+            if self._closed:
+                raise ConnectionError("the REPL was cleaned up")
+            if self._conn is None or self._conn.closed:
+                self._conn = connect_with_retries(*self._endpoint())
+            conn = self._conn
+        return conn.submit(payload)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()

@@ -16,13 +16,9 @@ from __future__ import annotations
 
 import ast
 import builtins
-import collections
 import concurrent.futures
 import keyword
-import math
-import os
 import time
-import traceback
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,15 +27,10 @@ from typing import Any
 from rlm.errors import RemoteError
 
 from .capture import capture
+from .jsondata import check_json, safe_str, to_jsonable
+from .tracebacks import format_cell_exception
 
-_RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__))
 _WAIT_SLICE = 0.2  # blocking waits wake this often, so an injected CellTimeout gets through
-_MAX_JSON_DEPTH = 200
-# A traceback longer than this keeps its first _TB_HEAD and last _TB_TAIL frames: formatting
-# costs time per frame, and a deep recursion has 10^5 or more of them.
-_TB_HEAD = 10
-_TB_TAIL = 50
-_TB_MAX = _TB_HEAD + _TB_TAIL + 20
 
 HELPER_NAMES = (
     "llm_query",
@@ -78,34 +69,6 @@ class CellResult:
     dropped_chars: int = 0
 
 
-def safe_str(value: Any) -> str:
-    """str(value), or a placeholder when the object's own __str__ fails."""
-    try:
-        return str(value)
-    except Exception:
-        return f"<unprintable {type(value).__name__}>"
-
-
-def to_jsonable(value: Any, _depth: int = 0, _seen: frozenset[int] = frozenset()) -> Any:
-    """A JSON-compatible copy: dict/list/str/int/float/bool/None kept recursively, else str()."""
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value) if math.isfinite(value) else str(value)
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, (dict, list, tuple)):
-        if id(value) in _seen or _depth >= _MAX_JSON_DEPTH:
-            return safe_str(value) if _depth < _MAX_JSON_DEPTH else "..."
-        seen = _seen | {id(value)}
-        if isinstance(value, dict):
-            return {safe_str(k): to_jsonable(v, _depth + 1, seen) for k, v in value.items()}
-        return [to_jsonable(v, _depth + 1, seen) for v in value]
-    return safe_str(value)
-
-
 def _check_prompt(func: str, prompt: Any, what: str = "prompt") -> None:
     if isinstance(prompt, str):
         return
@@ -134,30 +97,9 @@ def _check_prompts(func: str, prompts: Any) -> list[Any]:
     return list(prompts)
 
 
-def _check_json(func: str, value: Any, where: str, depth: int = 0) -> None:
-    """Raise TypeError unless `value` can cross the channel as JSON."""
-    if depth > _MAX_JSON_DEPTH:
-        raise TypeError(f"{func}(): {where} is nested too deeply to send")
-    if value is None or isinstance(value, (str, int, bool)):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise TypeError(f"{func}(): {where} is {value}, which JSON cannot carry")
-        return
-    if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            _check_json(func, item, f"{where}[{i}]", depth + 1)
-        return
-    if isinstance(value, dict):
-        for k, item in value.items():
-            if not isinstance(k, str):
-                raise TypeError(f"{func}(): {where} has a non-str key {k!r}; JSON keys are str")
-            _check_json(func, item, f"{where}[{k!r}]", depth + 1)
-        return
-    raise TypeError(
-        f"{func}(): {where} is a {type(value).__name__}, which is not JSON-compatible "
-        "(use str, int, float, bool, None, list or dict)"
-    )
+def _check_json(func: str, value: Any, where: str) -> None:
+    """Raise TypeError unless `value` can cross the channel as JSON data."""
+    check_json(value, f"{func}(): {where}", error=TypeError)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -390,48 +332,7 @@ class Repl:
     def _format_exception(self, exc: BaseException) -> str:
         """Traceback of user code: cell line numbers and source, runtime frames removed, and
         the middle of a very long one left out."""
-        cuts: dict[int, tuple[int, int]] = {}  # id(exception) -> (frames kept before, omitted)
-        originals = _shorten_tracebacks(exc, cuts)
-        try:
-            te = traceback.TracebackException.from_exception(exc, lookup_lines=False)
-        finally:
-            for shortened, tb in originals:
-                shortened.__traceback__ = tb
-        seen: set[int] = set()
-        stack: list[tuple[traceback.TracebackException | None, BaseException | None]] = [(te, exc)]
-        while stack:
-            node, error = stack.pop()
-            if node is None or error is None or id(node) in seen:
-                continue
-            seen.add(id(node))
-            head, omitted = cuts.get(id(error), (0, 0))
-            frames: list[traceback.FrameSummary] = []
-            in_cell = False  # frames before the first cell frame are the runtime calling in
-            for i, fs in enumerate(node.stack):
-                if omitted and i == head:
-                    frames.append(_Omitted(omitted))
-                in_cell = in_cell or fs.filename.startswith("<cell ")
-                if not in_cell or os.path.dirname(fs.filename) == _RUNTIME_DIR:
-                    continue
-                lines = self._sources.get(fs.filename)
-                if lines is not None and fs.lineno is not None and 0 < fs.lineno <= len(lines):
-                    fs = traceback.FrameSummary(
-                        fs.filename,
-                        fs.lineno,
-                        fs.name,
-                        lookup_line=False,
-                        line=lines[fs.lineno - 1],
-                        end_lineno=fs.end_lineno,
-                        colno=fs.colno,
-                        end_colno=fs.end_colno,
-                    )
-                frames.append(fs)
-            node.stack = _Stack(frames)
-            stack.append((node.__cause__, error.__cause__))
-            stack.append((node.__context__, error.__context__))
-            if node.exceptions and isinstance(error, BaseExceptionGroup):
-                stack.extend(zip(node.exceptions, error.exceptions, strict=False))
-        return "".join(te.format())
+        return format_cell_exception(exc, self._sources)
 
     # --------------------------------------------------------------- helpers
     def _submit(self, payload: dict[str, Any]) -> concurrent.futures.Future[Any]:
@@ -567,56 +468,3 @@ class Repl:
 
 
 _MISSING = object()
-
-
-class _Omitted(traceback.FrameSummary):
-    """Stands where the middle of a very long traceback was left out."""
-
-    def __init__(self, count: int) -> None:
-        super().__init__("<omitted>", None, "", lookup_line=False, line="")
-        self.count = count
-
-
-class _Stack(traceback.StackSummary):
-    def format_frame_summary(self, frame_summary: traceback.FrameSummary) -> str:
-        if isinstance(frame_summary, _Omitted):
-            return f"  ... {frame_summary.count} frames omitted ...\n"
-        return super().format_frame_summary(frame_summary)
-
-
-def _shorten_tracebacks(
-    exc: BaseException, cuts: dict[int, tuple[int, int]]
-) -> list[tuple[BaseException, types.TracebackType | None]]:
-    """Give every exception of the chain with a long traceback a copy of its first and last
-    frames (recorded in `cuts`); returns the originals to put back."""
-    originals: list[tuple[BaseException, types.TracebackType | None]] = []
-    seen: set[int] = set()
-    pending: list[BaseException | None] = [exc]
-    while pending:
-        error = pending.pop()
-        if error is None or id(error) in seen:
-            continue
-        seen.add(id(error))
-        pending += [error.__cause__, error.__context__]
-        if isinstance(error, BaseExceptionGroup):
-            pending += list(error.exceptions)
-        head: list[types.TracebackType] = []
-        tail: collections.deque[types.TracebackType] = collections.deque(maxlen=_TB_TAIL)
-        count = 0
-        tb = error.__traceback__
-        while tb is not None:
-            if count < _TB_HEAD:
-                head.append(tb)
-            else:
-                tail.append(tb)
-            count += 1
-            tb = tb.tb_next
-        if count <= _TB_MAX:
-            continue
-        short: types.TracebackType | None = None
-        for entry in reversed([*head, *tail]):
-            short = types.TracebackType(short, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
-        originals.append((error, error.__traceback__))
-        error.__traceback__ = short
-        cuts[id(error)] = (_TB_HEAD, count - _TB_HEAD - _TB_TAIL)
-    return originals
