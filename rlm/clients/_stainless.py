@@ -44,8 +44,8 @@ class StainlessLM(ConfiguredLM):
         self,
         model_name: str,
         *,
-        client_kwargs: Mapping[str, Any] | None = None,
         direct_http: bool | None = None,
+        client_kwargs: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(model_name, **kwargs)
