@@ -1,8 +1,9 @@
 """The direct HTTP path of the openai, Azure and anthropic clients against their SDK path.
 
-The direct path must put the same request on the wire as the official SDK (it replays the URL
-and headers the SDK built) and raise the same errors for the same answers; these tests run the
-two side by side against the provider simulator over real HTTP.
+The direct path must put the same request on the wire as the official SDK (the URL and headers
+the SDK builds, computed without it for plain openai endpoints, recorded from it otherwise) and
+raise the same errors for the same answers; these tests run the two side by side against the
+provider simulator over real HTTP.
 """
 
 from __future__ import annotations
