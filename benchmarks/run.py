@@ -644,52 +644,140 @@ def _pool_figure(
     )
 
 
-def b12() -> list[Figure]:
-    """One turn with one llm_query at 0 ms, a later completion in the process."""
-    targets = {"process": 0.03, "docker": 0.1}
+def _pool_bench(
+    bench: str,
+    what: str,
+    targets: dict[str, float],
+    ideal: str,
+    simulators: Callable[[], tuple[ProviderSimulator, ProviderSimulator]],
+    check: Callable[[Any], bool],
+    **rlm_kwargs: Any,
+) -> list[Figure]:
+    """`what` per environment and pool mode, timed by `_pool_times` against the root and
+    sub-call simulators `simulators()` makes; `targets` hold for the warm pool only."""
     figures = []
     for environment in POOL_ENVIRONMENTS:
         reason = _skip_reason(environment)
         for mode, kwargs in _pool_runs(environment):
-            what = f"one turn, 1 llm_query, 0 ms: {environment}, {mode} (completion time)"
+            label = f"{what}: {environment}, {mode} (completion time)"
             target = targets.get(environment) if mode == "warm" else None
             if reason is not None:
-                figures.append(Figure("B12", what, "n/a", f"skipped: {reason}", "0 s", None))
+                figures.append(Figure(bench, label, "n/a", f"skipped: {reason}", ideal, None))
                 continue
+            rs, ss = simulators()
             with (
-                ProviderSimulator(lambda r: repl("r = llm_query('hi')\nFINAL(r)")) as rs,
-                ProviderSimulator("ok") as ss,
-                openai_rlm(rs, ss, environment=environment, environment_kwargs=kwargs) as rlm,
+                rs,
+                ss,
+                openai_rlm(
+                    rs, ss, environment=environment, environment_kwargs=kwargs, **rlm_kwargs
+                ) as rlm,
             ):
-                result = _pool_times(rlm, "context", lambda out: out.response == "ok")
-            figures.append(_pool_figure("B12", what, target, "0 s", result))
+                result = _pool_times(rlm, "context", check)
+            figures.append(_pool_figure(bench, label, target, ideal, result))
     return figures
+
+
+def b12() -> list[Figure]:
+    """One turn with one llm_query at 0 ms, a later completion in the process."""
+    return _pool_bench(
+        "B12",
+        "one turn, 1 llm_query, 0 ms",
+        {"process": 0.03, "docker": 0.1},
+        "0 s",
+        lambda: (
+            ProviderSimulator(lambda r: repl("r = llm_query('hi')\nFINAL(r)")),
+            ProviderSimulator("ok"),
+        ),
+        lambda out: out.response == "ok",
+    )
 
 
 def b13() -> list[Figure]:
-    """rlm_query_batched of 8 children at depth 2, 100 ms per LM call, whole completion."""
-    targets = {"process": 0.7, "docker": 1.0}
-    figures = []
+    """rlm_query_batched of 8 children at depth 2, 100 ms per LM call, whole completion.
+    Ideal: the root's turn, then each child's turn and its llm_query, 100 ms each."""
     squares = [str(i * i) for i in range(8)]
-    for environment in POOL_ENVIRONMENTS:
-        reason = _skip_reason(environment)
-        for mode, kwargs in _pool_runs(environment):
-            what = f"8 children at depth 2, 100 ms: {environment}, {mode} (completion time)"
-            target = targets.get(environment) if mode == "warm" else None
-            if reason is not None:
-                figures.append(Figure("B13", what, "n/a", f"skipped: {reason}", "0.3 s", None))
-                continue
-            with (
-                ProviderSimulator(lambda r: repl(B3_ROOT), latency=0.1) as rs,
-                ProviderSimulator(_b3_sub, latency=0.1) as ss,
-                openai_rlm(
-                    rs, ss, max_depth=2, environment=environment, environment_kwargs=kwargs
-                ) as rlm,
-            ):
-                result = _pool_times(rlm, "ctx", lambda out: out.value == squares)
-            # Ideal: the root's turn, then each child's turn and its llm_query, 100 ms each.
-            figures.append(_pool_figure("B13", what, target, "0.3 s", result))
-    return figures
+    return _pool_bench(
+        "B13",
+        "8 children at depth 2, 100 ms",
+        {"process": 0.7, "docker": 1.0},
+        "0.3 s",
+        lambda: (
+            ProviderSimulator(lambda r: repl(B3_ROOT), latency=0.1),
+            ProviderSimulator(_b3_sub, latency=0.1),
+        ),
+        lambda out: out.value == squares,
+        max_depth=2,
+    )
+
+
+B14_CHILD = r"""
+import json, sys, time
+started = time.perf_counter()
+from rlm import RLM
+imported = time.perf_counter()
+root_url, sub_url = sys.argv[1], sys.argv[2]
+rlm = RLM(
+    backend="openai",
+    backend_kwargs={"model_name": "root-model", "base_url": root_url, "api_key": "x"},
+    other_backends=["openai"],
+    other_backend_kwargs=[{"model_name": "sub-model", "base_url": sub_url, "api_key": "x"}],
+)
+built = time.perf_counter()
+times, cpu = [], []
+for _ in range(2):
+    t, c = time.perf_counter(), time.process_time()
+    out = rlm.completion("ctx")
+    times.append(time.perf_counter() - t)
+    cpu.append(time.process_time() - c)
+    assert out.response == "256", out.response
+rlm.close()
+timing = {"import": imported - started, "build": built - imported, "times": times, "cpu": cpu}
+print(json.dumps(timing))
+"""
+B14_ROOT = "rs = llm_query_batched([f'q{i}' for i in range(256)])\nprint(len(rs))"
+
+
+def b14() -> list[Figure]:
+    """The first completion in a fresh process against the second: a root turn whose cell runs
+    llm_query_batched of 256 prompts, then a root turn that answers; 100 ms per model call.
+    Each of 3 fresh processes times its first and second `completion()` (both simulators run
+    in this process, not the measured one)."""
+
+    def root(request: SimRequest) -> str:
+        return repl(B14_ROOT) if turns(request) == 0 else "FINAL(256)"
+
+    runs = []
+    with (
+        ProviderSimulator(root, latency=0.1) as rs,
+        ProviderSimulator("ok", latency=0.1) as ss,
+    ):
+        for _ in range(3):
+            done = subprocess.run(
+                [sys.executable, "-c", B14_CHILD, rs.openai_base_url, ss.openai_base_url],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=ROOT,
+            )
+            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    first = statistics.median(r["times"][0] for r in runs)
+    second = statistics.median(r["times"][1] for r in runs)
+    gap = statistics.median(r["times"][0] - r["times"][1] for r in runs)
+    imported = statistics.median(r["import"] for r in runs)
+    built = statistics.median(r["build"] for r in runs)
+    cpu = [statistics.median(r["cpu"][i] for r in runs) for i in (0, 1)]
+    return [
+        Figure(
+            "B14",
+            "first vs second completion in a fresh process: root turn, llm_query_batched of "
+            "256 prompts, root turn; 100 ms per call (median of 3 processes)",
+            "first <= second + 0.1 s",
+            f"first {first:.3f} s, second {second:.3f} s (+{gap:.3f} s; CPU {cpu[0]:.3f} / "
+            f"{cpu[1]:.3f} s); before them: import rlm {imported:.3f} s, RLM() {built:.3f} s",
+            "0.300 s each",
+            gap <= 0.1,
+        )
+    ]
 
 
 BENCHES: dict[str, Callable[[], list[Figure]]] = {
@@ -705,6 +793,7 @@ BENCHES: dict[str, Callable[[], list[Figure]]] = {
     "B11": b11,
     "B12": b12,
     "B13": b13,
+    "B14": b14,
 }
 
 

@@ -1,8 +1,9 @@
 """The direct HTTP path of the openai, Azure and anthropic clients against their SDK path.
 
-The direct path must put the same request on the wire as the official SDK (it replays the URL
-and headers the SDK built) and raise the same errors for the same answers; these tests run the
-two side by side against the provider simulator over real HTTP.
+The direct path must put the same request on the wire as the official SDK (the URL and headers
+the SDK builds, computed without it for plain openai endpoints, recorded from it otherwise) and
+raise the same errors for the same answers; these tests run the two side by side against the
+provider simulator over real HTTP.
 """
 
 from __future__ import annotations
@@ -304,3 +305,47 @@ def test_a_redirect_is_an_error_and_the_key_goes_nowhere_else(
     assert info.value.status_code == 307 and not info.value.retryable
     assert target in str(info.value)
     assert seen == []
+
+
+@pytest.mark.parametrize(
+    ("env", "options"),
+    [
+        ({"OPENAI_ORG_ID": "org-1", "OPENAI_PROJECT_ID": "proj-1"}, {}),
+        ({"OPENAI_BASE_URL": "{sim}"}, {"base_url": None}),
+        ({}, {"timeout": None}),
+        ({}, {"timeout": 60}),
+        ({}, {"default_headers": {"user-agent": "mine", "X-Stainless-Lang": "other"}}),
+        ({}, {"base_url": "{sim}/"}),
+    ],
+)
+def test_the_openai_request_built_without_the_sdk_is_the_sdks(
+    env: dict[str, str],
+    options: dict[str, Any],
+    sim: ProviderSimulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The direct openai client computes the SDK's URL and headers itself (no SDK import):
+    with the environment variables and settings it models, the wire shows the same request."""
+    for name in ("OPENAI_ORG_ID", "OPENAI_PROJECT_ID", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(sim=sim.openai_base_url))
+    kwargs = {"api_key": KEY, "max_retries": 0, "base_url": sim.openai_base_url}
+    kwargs.update(
+        {
+            k: v.format(sim=sim.openai_base_url) if isinstance(v, str) else v
+            for k, v in options.items()
+        }
+    )
+    sim.requests.clear()
+    clients = [OpenAIClient("sim-model", direct_http=d, **kwargs) for d in (True, False)]
+    assert clients[0]._static_request("/chat/completions") is not None  # built without it
+    try:
+        for client in clients:
+            assert client.respond("hi").text == "echo:hi"
+    finally:
+        for client in clients:
+            client.close()
+    direct, through_sdk = (wire_view(r) for r in sim.requests)
+    assert direct == through_sdk
+    assert direct[0] == "/v1/chat/completions"

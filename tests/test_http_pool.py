@@ -13,7 +13,8 @@ import pytest
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
-from rlm.clients._http_pool import PooledTransport, fast_http_client, shared_ssl_context  # noqa: E402
+from rlm.clients._http_pool import PooledTransport, fast_http_client  # noqa: E402
+from rlm.clients._tls import shared_ssl_context  # noqa: E402
 from rlm.clients.openai import OpenAIClient  # noqa: E402
 from rlm.testing import ProviderSimulator  # noqa: E402
 

@@ -6,13 +6,16 @@ headers, parse and join the URL, build an httpx request and pass it through http
 transport). That is about 1.1 ms of CPU per call, against 0.35 ms for the HTTP exchange itself:
 most of a 256-way `llm_query_batched` against a 100 ms provider (B2 in BENCHMARKS.md).
 
-How: the SDK still decides what goes on the wire. For each endpoint and model, a twin of the
-client's SDK client (same arguments, an httpx client whose transport records instead of
-sending) makes the first request through its public `post`; the recorded URL and headers
-(Azure's deployment path and api-version, the auth header, the SDK's version headers, the
-user's default headers) are reused for every later request, whose JSON body goes out over one
-aiohttp session. Error answers become `ProviderError`s through the same helper that translates
-the SDK's exceptions, so a caller cannot tell the two paths apart by what they raise.
+How: the SDK still decides what goes on the wire. For each endpoint and model the client
+learns a `Route` once: the URL and headers the SDK would send (Azure's deployment path and
+api-version, the auth header, the SDK's version headers, the user's default headers). Either
+the client computes it without the SDK (`rlm.clients._sdk_request`, for the settings modelled
+there) or `record_route` has a twin of the client's SDK client (same arguments, an httpx client
+whose transport records instead of sending) make the first request through its public `post`.
+Every request's JSON body then goes out over one aiohttp session. Concurrent first requests
+wait for one learning, not one each. Error answers become `ProviderError`s through the same
+helper that translates the SDK's exceptions, so a caller cannot tell the two paths apart by
+what they raise.
 
 Only for clients whose SDK client rlm configures from static settings: credentials that change
 per request (a token provider) or a user's own `http_client` need the SDK on every request.
@@ -20,11 +23,13 @@ per request (a token provider) or a user's own `http_client` need the SDK on eve
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
+import ssl
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -32,7 +37,8 @@ from typing import Any
 import aiohttp
 
 from rlm.clients._http_errors import http_status_error, transport_error
-from rlm.clients._http_pool import KEEPALIVE_EXPIRY, shared_ssl_context
+from rlm.clients._tls import KEEPALIVE_EXPIRY, shared_ssl_context
+from rlm.core.aio import to_thread
 from rlm.errors import ConfigurationError, ProviderError
 
 # Set by aiohttp for each request (length, host, its own decoders) or tied to one connection.
@@ -43,11 +49,20 @@ _PER_REQUEST_HEADERS = frozenset(
 
 @dataclass(frozen=True)
 class Route:
-    """Where one endpoint's requests go and the headers they carry, as the SDK built them."""
+    """Where one endpoint's requests go and the headers they carry, as the SDK builds them."""
 
     url: str
     headers: Mapping[str, str]
     proxy: str | None  # from HTTP(S)_PROXY / NO_PROXY when the route was learnt
+
+    @classmethod
+    def to(cls, url: str, headers: Mapping[str, str]) -> Route:
+        """The route to `url` with `headers` minus those aiohttp sets per request."""
+        kept = {k: v for k, v in headers.items() if k.lower() not in _PER_REQUEST_HEADERS}
+        return cls(url, kept, env_proxy(url))
+
+
+LearnRoute = Callable[[str, Mapping[str, Any]], Awaitable[Route]]
 
 
 def _recording_client(sdk: ModuleType) -> tuple[Any, list[Any]]:
@@ -78,27 +93,27 @@ class DirectConnection:
     """One aiohttp session on the running event loop, and the routes learnt for it.
 
     Built by a client on the loop of its first call (see `BaseLM._sdk_client`) and closed with
-    the client. `build_sdk_client(http_client)` makes an SDK client (module `sdk`) configured
-    as the client's own; `error_body` maps a decoded error answer to the `body` the SDK's
-    exception would carry (openai keeps the inner `error` object, anthropic the whole document).
+    the client. `learn_route(path, body)` returns the route of a POST of `body` to `path`
+    (called once per path and model); `error_body` maps a decoded error answer to the `body`
+    the SDK's exception would carry (openai keeps the inner `error` object, anthropic the
+    whole document).
     """
 
     def __init__(
         self,
-        build_sdk_client: Callable[[Any], Any],
-        sdk: ModuleType,
+        learn_route: LearnRoute,
         provider: str,
         timeout: float | None,
         error_body: Callable[[Any], Any] = _unchanged,
     ) -> None:
         self.provider = provider
-        self._build_sdk_client = build_sdk_client
-        self._sdk = sdk
+        self._learn_route = learn_route
         self._error_body = error_body
         self._routes: dict[tuple[str, str], Route] = {}
+        self._learning: dict[tuple[str, str], asyncio.Future[Route]] = {}
+        self._ssl: ssl.SSLContext | bool = True  # the shared context once a route is https
         connector = aiohttp.TCPConnector(
             limit=0,  # the client's adaptive limiter bounds requests in flight
-            ssl=shared_ssl_context(),
             keepalive_timeout=KEEPALIVE_EXPIRY,
         )
         self._session = aiohttp.ClientSession(
@@ -120,15 +135,14 @@ class DirectConnection:
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(f"{self.provider}: the request is not JSON: {exc}") from exc
         key = (path, str(body.get("model")))
-        route = self._routes.get(key)
-        if route is None:
-            route = self._routes[key] = await self._record_route(path, body)
+        route = self._routes.get(key) or await self._route(key, path, body)
         try:
             async with self._session.post(
                 route.url,
                 data=data.encode(),
                 headers=route.headers,
                 proxy=route.proxy,
+                ssl=self._ssl,
                 allow_redirects=False,  # a redirect would carry the key to wherever it points
             ) as response:
                 raw = await response.read()
@@ -159,30 +173,53 @@ class DirectConnection:
                 f"expected a JSON answer, got {raw[:200]!r}", provider=self.provider
             ) from None
 
-    async def _record_route(self, path: str, body: Mapping[str, Any]) -> Route:
-        """The URL and headers the SDK sends for a POST of `body` to `path`."""
-        http_client, requests = _recording_client(self._sdk)
+    async def _route(self, key: tuple[str, str], path: str, body: Mapping[str, Any]) -> Route:
+        """The route for `key`, learnt once however many requests ask at the same time.
+
+        A failed learning is not kept: the next request tries again.
+        """
+        learning = self._learning.get(key)
+        if learning is None or learning.done():  # done here: it failed, try again
+            learning = self._learning[key] = asyncio.ensure_future(self._learn(key, path, body))
         try:
-            async with http_client:
-                await self._build_sdk_client(http_client).post(path, body=body, cast_to=object)
-        except Exception as exc:  # the SDK refused its own settings (no key, bad URL, ...)
-            raise ConfigurationError(
-                f"{self.provider}: the SDK could not build a request: {type(exc).__name__}: {exc}"
-            ) from exc
-        if len(requests) != 1:
-            raise ConfigurationError(
-                f"{self.provider}: the SDK made {len(requests)} requests for one POST {path}"
-            )
-        headers = {
-            name: value
-            for name, value in requests[0].headers.items()
-            if name.lower() not in _PER_REQUEST_HEADERS
-        }
-        url = str(requests[0].url)
-        return Route(url, headers, env_proxy(url))
+            return await asyncio.shield(learning)  # one waiter cancelled: the others still wait
+        finally:
+            if learning.done() and self._learning.get(key) is learning:
+                del self._learning[key]
+
+    async def _learn(self, key: tuple[str, str], path: str, body: Mapping[str, Any]) -> Route:
+        route = await self._learn_route(path, body)
+        if route.url.lower().startswith("https:") and self._ssl is True:
+            self._ssl = await to_thread(shared_ssl_context)  # reads the CA bundle: off the loop
+        self._routes[key] = route
+        return route
 
     async def close(self) -> None:
         await self._session.close()
+
+
+async def record_route(
+    build_sdk_client: Callable[[Any], Any],
+    sdk: ModuleType,
+    provider: str,
+    path: str,
+    body: Mapping[str, Any],
+) -> Route:
+    """The URL and headers the SDK (module `sdk`) sends for a POST of `body` to `path`, from
+    a request it makes through `build_sdk_client(http_client)` and that never leaves."""
+    http_client, requests = _recording_client(sdk)
+    try:
+        async with http_client:
+            await build_sdk_client(http_client).post(path, body=body, cast_to=object)
+    except Exception as exc:  # the SDK refused its own settings (no key, bad URL, ...)
+        raise ConfigurationError(
+            f"{provider}: the SDK could not build a request: {type(exc).__name__}: {exc}"
+        ) from exc
+    if len(requests) != 1:
+        raise ConfigurationError(
+            f"{provider}: the SDK made {len(requests)} requests for one POST {path}"
+        )
+    return Route.to(str(requests[0].url), dict(requests[0].headers.items()))
 
 
 def env_proxy(url: str) -> str | None:

@@ -12,33 +12,15 @@ from __future__ import annotations
 
 import importlib.util
 import ssl
-import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 
+from rlm.clients._tls import KEEPALIVE_EXPIRY, shared_ssl_context
+
 REQUESTS_PER_POOL = 16  # a pool grows past this only when no new pool may be added
 MAX_POOLS = 64  # MAX_POOLS * REQUESTS_PER_POOL connections at most, like the SDKs' 1000
-KEEPALIVE_EXPIRY = 5.0
-
-
-_ssl_lock = threading.Lock()
-_ssl_context: ssl.SSLContext | None = None
-
-
-def shared_ssl_context() -> ssl.SSLContext:
-    """One verifying SSL context for every client in the process.
-
-    Building one reads the whole CA bundle (~0.1 s or more), which the SDKs otherwise do for
-    every client object. Made on first use with httpx's defaults (certifi, or SSL_CERT_FILE /
-    SSL_CERT_DIR as set at that moment); SSL contexts are safe to share between connections.
-    """
-    global _ssl_context
-    with _ssl_lock:
-        if _ssl_context is None:
-            _ssl_context = httpx.create_ssl_context()
-        return _ssl_context
 
 
 class _ReleasingStream(httpx.AsyncByteStream):

@@ -11,15 +11,13 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from rlm._optional import require
+from rlm.clients._configured import ConfiguredLM
 from rlm.clients._http_errors import (
-    check_options,
     is_transport_failure,
     mentions_context_overflow,
-    resolve_api_key,
     status_error,
     transport_error,
 )
-from rlm.clients.base import BaseLM
 from rlm.core.types import LMResponse, Message, Usage
 from rlm.errors import ConfigurationError, ProviderError
 
@@ -32,7 +30,7 @@ _UNSUPPORTED = frozenset({"prompt_cache_key", "n", "stream"})
 DEFAULT_MODEL = "gemini-2.5-flash"  # the reference's default, when no model_name is given
 
 
-class GeminiClient(BaseLM):
+class GeminiClient(ConfiguredLM):
     """Gemini API. Key: `api_key`, else GEMINI_API_KEY, else GOOGLE_API_KEY.
 
     `sampling_args` are `GenerateContentConfig` fields (`temperature`, `top_p`, `top_k`, `seed`,
@@ -46,29 +44,19 @@ class GeminiClient(BaseLM):
         self,
         model_name: str = DEFAULT_MODEL,
         *,
-        api_key: str | None = None,
-        base_url: str | None = None,
         api_version: str | None = None,
-        default_headers: Mapping[str, str] | None = None,
         client_kwargs: Mapping[str, Any] | None = None,
-        **options: Any,
+        **kwargs: Any,
     ) -> None:
         """`api_version` picks the REST version path ("v1beta", "v1"); gateways such as the
-        LiteLLM proxy serve generateContent on /v1beta only."""
-        check_options(self.provider, options)
-        super().__init__(model_name, **options)
+        LiteLLM proxy serve generateContent on /v1beta only. `api_key`, `base_url`,
+        `default_headers` and the client options: `ConfiguredLM`'s."""
+        super().__init__(model_name, **kwargs)
         self._genai = require("google.genai", extra="gemini", package="google-genai")
         self._types = require("google.genai.types", extra="gemini", package="google-genai")
         self._errors = require("google.genai.errors", extra="gemini", package="google-genai")
-        try:
-            self._api_key = resolve_api_key(
-                self.provider, api_key, "GEMINI_API_KEY", "GOOGLE_API_KEY"
-            )
-        except ConfigurationError as exc:  # raised at the first call (BaseLM._sdk_client)
-            self._api_key, self._key_error = None, exc
-        self.base_url = base_url
+        self._take_key("GEMINI_API_KEY", "GOOGLE_API_KEY")
         self.api_version = api_version
-        self.default_headers = dict(default_headers or {})
         self.client_kwargs = dict(client_kwargs or {})
 
     def _make_client(self) -> Any:
@@ -187,17 +175,14 @@ def to_gemini(messages: list[Message]) -> tuple[str | None, list[dict[str, Any]]
 
 
 def _text(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
+    """A message's text: its string, or the text of its string and mapping parts."""
     if isinstance(content, list):
         return "".join(
             part if isinstance(part, str) else str(part.get("text", ""))
             for part in content
             if isinstance(part, (str, Mapping))
         )
-    return str(content)
+    return "" if content is None else str(content)
 
 
 def gemini_usage(usage: Any) -> Usage:

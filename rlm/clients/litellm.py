@@ -11,14 +11,14 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from rlm._optional import require
-from rlm.clients._http_errors import check_options, openai_style_error, parse_retry_after
-from rlm.clients.base import BaseLM
+from rlm.clients._configured import ConfiguredLM
+from rlm.clients._http_errors import openai_style_error, parse_retry_after
 from rlm.clients.openai import chat_completion_response
 from rlm.core.types import LMResponse, Message
 from rlm.errors import ContextWindowExceededError
 
 
-class LiteLLMClient(BaseLM):
+class LiteLLMClient(ConfiguredLM):
     """`model_name` in LiteLLM's form (`openai/gpt-5-mini`, `anthropic/claude-haiku-4-5`, ...).
 
     `api_key` is optional: without it LiteLLM reads the provider's own env var. `base_url` is
@@ -29,22 +29,12 @@ class LiteLLMClient(BaseLM):
     provider: ClassVar[str] = "litellm"
 
     def __init__(
-        self,
-        model_name: str,
-        *,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        default_headers: Mapping[str, str] | None = None,
-        completion_kwargs: Mapping[str, Any] | None = None,
-        **options: Any,
+        self, model_name: str, *, completion_kwargs: Mapping[str, Any] | None = None, **kwargs: Any
     ) -> None:
-        check_options(self.provider, options)
-        super().__init__(model_name, **options)
+        """`api_key` (sent as is), `base_url`, `default_headers`, options: `ConfiguredLM`'s."""
+        super().__init__(model_name, **kwargs)
         self._litellm = require("litellm", extra="litellm")
         self._openai = require("openai", extra="litellm")
-        self._api_key = api_key
-        self.base_url = base_url
-        self.default_headers = dict(default_headers or {})
         self.completion_kwargs = dict(completion_kwargs or {})
 
     async def _acomplete(self, messages: list[Message], sampling: dict[str, Any]) -> LMResponse:

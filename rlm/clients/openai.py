@@ -8,11 +8,13 @@ The body is the JSON `chat.completions.create` would send, built here once per c
 `create` re-walks every message against its TypedDicts (milliseconds per call, growing with the
 history) and builds pydantic models of the answer. It goes out one of two ways:
 
-- direct HTTP (the default): the SDK builds the first request for each model (URL, Azure's
-  deployment and api-version, auth and version headers) and later ones reuse its URL and
-  headers over one aiohttp session, skipping the SDK's ~1 ms of per-request CPU; see
-  `rlm.clients._direct_http`. Off for `client_kwargs` with an `http_client` or a callable
-  (a token provider must run for each request), or with `direct_http=False`.
+- direct HTTP (the default): requests carry the URL and headers the SDK would send (auth,
+  version headers, Azure's deployment and api-version) over one aiohttp session, skipping the
+  SDK's ~1 ms of per-request CPU; see `rlm.clients._direct_http`. For a plain OpenAI-compatible
+  endpoint they are computed without importing the SDK (`_static_request`); otherwise the SDK
+  builds the first request for each model and later ones reuse it. Off for `client_kwargs`
+  with an `http_client` or a callable (a token provider must run for each request), or with
+  `direct_http=False`.
 - through the SDK's generic `client.post(path, body=..., cast_to=object)` for every request.
 
 Both raise the same `ProviderError`s for the same answers.
@@ -26,11 +28,16 @@ from typing import Any, ClassVar
 
 from rlm.clients._fields import count, field
 from rlm.clients._http_errors import openai_style_error
+from rlm.clients._sdk_request import join_url, stainless_headers
 from rlm.clients._stainless import StainlessLM
 from rlm.core.types import LMResponse, Message, Usage
 from rlm.errors import ProviderError
 
 CHAT_PATH = "/chat/completions"
+DEFAULT_BASE_URL = "https://api.openai.com/v1"  # the SDK's, when neither argument nor env sets one
+# Environment variables the SDK reads that change a request in ways `_static_request` does not
+# model: with one set, the SDK builds the request (see `StainlessLM._learn_route`).
+_UNMODELLED_ENV = ("OPENAI_CUSTOM_HEADERS", "OPENAI_ADMIN_KEY")
 
 
 class OpenAIClient(StainlessLM):
@@ -57,6 +64,40 @@ class OpenAIClient(StainlessLM):
     def _error_body(body: Any) -> Any:
         """openai's status errors carry the inner `error` object when there is one."""
         return body.get("error", body) if isinstance(body, Mapping) else body
+
+    def _static_request(self, path: str) -> tuple[str, dict[str, str]] | None:
+        """What `AsyncOpenAI` built with this client's settings sends to `path`: the base URL
+        (argument, else OPENAI_BASE_URL, else OpenAI's), the bearer key, the organisation and
+        project from OPENAI_ORG_ID / OPENAI_PROJECT_ID, the SDK's own headers and the user's.
+
+        None for any other SDK class (Azure), `client_kwargs`, no key, an environment variable
+        of `_UNMODELLED_ENV`, or a base URL `join_url` does not take.
+        """
+        if (
+            self.sdk_client_class != "AsyncOpenAI"
+            or self.client_kwargs
+            or not self._api_key
+            or any(os.environ.get(name) is not None for name in _UNMODELLED_ENV)
+        ):
+            return None
+        url = join_url(self.base_url or os.environ.get("OPENAI_BASE_URL", DEFAULT_BASE_URL), path)
+        sdk_headers = {
+            name: value
+            for name, value in (
+                ("OpenAI-Organization", os.environ.get("OPENAI_ORG_ID")),
+                ("OpenAI-Project", os.environ.get("OPENAI_PROJECT_ID")),
+            )
+            if value is not None
+        }
+        headers = stainless_headers(
+            self.sdk_client_class,
+            self.sdk_module,
+            auth={"Authorization": f"Bearer {self._api_key}"},
+            sdk_headers=sdk_headers,
+            custom=self.default_headers,
+            timeout=self.timeout,
+        )
+        return None if url is None or headers is None else (url, headers)
 
     def _model_param(self) -> str:
         return self.model_name

@@ -11,14 +11,13 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from rlm._optional import require
-from rlm.clients._http_errors import check_options, openai_style_error, resolve_api_key
-from rlm.clients.base import BaseLM
+from rlm.clients._configured import ConfiguredLM
+from rlm.clients._http_errors import openai_style_error
 from rlm.clients.openai import chat_completion_response
 from rlm.core.types import LMResponse, Message
-from rlm.errors import ConfigurationError
 
 
-class PortkeyClient(BaseLM):
+class PortkeyClient(ConfiguredLM):
     """Portkey. Key: `api_key`, else PORTKEY_API_KEY (required for the hosted gateway).
 
     `portkey_kwargs` go to `AsyncPortkey` as is (`trace_id`, `metadata`, ...). Sampling names
@@ -31,30 +30,20 @@ class PortkeyClient(BaseLM):
         self,
         model_name: str,
         *,
-        api_key: str | None = None,
-        base_url: str | None = None,
+        config: str | Mapping[str, Any] | None = None,
         virtual_key: str | None = None,
         provider: str | None = None,
-        config: str | Mapping[str, Any] | None = None,
-        default_headers: Mapping[str, str] | None = None,
         portkey_kwargs: Mapping[str, Any] | None = None,
-        **options: Any,
+        **kwargs: Any,
     ) -> None:
-        check_options(self.provider, options)
-        super().__init__(model_name, **options)
+        """`api_key`, `base_url`, `default_headers` and the client options: `ConfiguredLM`'s."""
+        super().__init__(model_name, **kwargs)
         self._portkey = require("portkey_ai", extra="portkey", package="portkey-ai")
         self._openai = require("portkey_ai._vendor.openai", extra="portkey", package="portkey-ai")
-        try:
-            self._api_key = resolve_api_key(
-                self.provider, api_key, None if base_url else "PORTKEY_API_KEY"
-            )
-        except ConfigurationError as exc:  # raised at the first call (BaseLM._sdk_client)
-            self._api_key, self._key_error = None, exc
-        self.base_url = base_url
+        self._take_key(None if self.base_url else "PORTKEY_API_KEY")
         self.virtual_key = virtual_key
         self.gateway_provider = provider
         self.config = config
-        self.default_headers = dict(default_headers or {})
         self.portkey_kwargs = dict(portkey_kwargs or {})
 
     def _make_client(self) -> Any:

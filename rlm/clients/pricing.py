@@ -30,6 +30,15 @@ from collections.abc import Mapping
 from rlm.core.types import Usage
 
 _GEMINI_PRO_LONG = {"long_context_tokens": 200_000.0}
+_GEMINI_3_PRO = {  # gemini-3-pro-preview and its 3.1 successor are priced alike
+    "input": 2.0,
+    "output": 12.0,
+    "cached_input": 0.2,
+    **_GEMINI_PRO_LONG,
+    "input_long": 4.0,
+    "output_long": 18.0,
+    "cached_input_long": 0.4,
+}
 
 # model name -> USD per 1M tokens: input, output, cached input (prefix-cache reads), cache
 # write (Anthropic, 5 minutes); for prompts over "long_context_tokens": the "*_long" rates.
@@ -73,24 +82,8 @@ _PRICES: dict[str, dict[str, float]] = {
     "claude-haiku-4-5": {"input": 1.0, "output": 5.0, "cached_input": 0.1, "cache_write": 1.25},
     "claude-3-5-haiku": {"input": 0.8, "output": 4.0, "cached_input": 0.08, "cache_write": 1.0},
     # Gemini
-    "gemini-3.1-pro-preview": {
-        "input": 2.0,
-        "output": 12.0,
-        "cached_input": 0.2,
-        **_GEMINI_PRO_LONG,
-        "input_long": 4.0,
-        "output_long": 18.0,
-        "cached_input_long": 0.4,
-    },
-    "gemini-3-pro-preview": {
-        "input": 2.0,
-        "output": 12.0,
-        "cached_input": 0.2,
-        **_GEMINI_PRO_LONG,
-        "input_long": 4.0,
-        "output_long": 18.0,
-        "cached_input_long": 0.4,
-    },
+    "gemini-3.1-pro-preview": dict(_GEMINI_3_PRO),
+    "gemini-3-pro-preview": dict(_GEMINI_3_PRO),
     "gemini-3-flash-preview": {"input": 0.5, "output": 3.0, "cached_input": 0.05},
     "gemini-2.5-pro": {
         "input": 1.25,
