@@ -84,7 +84,7 @@ def _sigterm_interrupts() -> Iterator[list[bool]]:
 def _live_sandboxes() -> weakref.WeakSet[Any]:
     if "rlm.environments.isolated" not in sys.modules:
         return weakref.WeakSet()
-    from rlm.environments.isolated import live_sandboxes
+    from rlm.environments.sandbox_base import live_sandboxes
 
     return weakref.WeakSet(live_sandboxes())
 
@@ -94,7 +94,7 @@ def _kill_new_sandboxes(before: weakref.WeakSet[Any]) -> None:
     cleanup runs on the event loop and may lose the race with the interpreter's exit. Killed
     now, not at the running cell's timeout."""
     if "rlm.environments.isolated" in sys.modules:
-        from rlm.environments.isolated import kill_live_sandboxes
+        from rlm.environments.sandbox_base import kill_live_sandboxes
 
         kill_live_sandboxes("the rlm command ended", keep=before)
 

@@ -132,7 +132,7 @@ def test_sampling_arguments_separate_entries(tmp_path: Path) -> None:
     assert handler.completion("q").text == "answer 1"
     assert handler.completion("q").text == "answer 1"  # a hit
     hot = handler.acomplete("q", depth=0, sampling={"temperature": 1.0})
-    from rlm.core.aio import run_sync
+    from rlm.aio import run_sync
 
     assert run_sync(hot).text == "answer 2"
     assert len(lm.calls) == 2

@@ -19,6 +19,7 @@ import pytest
 # LiteLLM fetches its price map from the internet on import unless told not to.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from rlm.aio import run_sync
 from rlm.clients import get_client
 from rlm.clients._http_errors import is_transport_failure, parse_retry_after
 from rlm.clients.anthropic import AnthropicClient, anthropic_usage, to_anthropic
@@ -34,7 +35,6 @@ from rlm.clients.openai import (
 )
 from rlm.clients.portkey import PortkeyClient
 from rlm.clients.vercel import VercelClient
-from rlm.core.aio import run_sync
 from rlm.core.types import LMResponse, Usage
 from rlm.errors import ConfigurationError, ContextWindowExceededError, ProviderError
 from rlm.testing.simulator import FaultPlan, ProviderSimulator, SimReply, SimRequest

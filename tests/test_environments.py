@@ -643,7 +643,7 @@ def test_closing_stdout_does_not_break_the_channel(isolated: BaseEnv) -> None:
 
 
 def test_output_tail_keeps_the_end_and_whole_characters() -> None:
-    from rlm.environments.isolated import OutputTail
+    from rlm.environments.sandbox_base import OutputTail
 
     tail = OutputTail(limit=16)
     tail.add("é".encode()[:1])  # a character split across two chunks

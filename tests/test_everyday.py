@@ -22,8 +22,7 @@ from typing import Any
 
 import pytest
 
-from rlm import RLM
-from rlm.core import aio
+from rlm import RLM, aio
 from rlm.core.events import Observer, RunInfo
 from rlm.core.types import RLMIteration
 from rlm.errors import ConfigurationError, RLMError

@@ -30,8 +30,8 @@ from typing import Any
 import pytest
 
 from rlm import errors
+from rlm.aio import run_sync
 from rlm.clients.base import BaseLM
-from rlm.core.aio import run_sync
 from rlm.core.lm_handler import LMHandler, Session
 from rlm.core.types import LMResponse, Message, Usage
 from rlm.runtime.protocol import HEADER, MAX_FRAME_BYTES, Connection, FrameDecoder

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from overlap import Overlap, wait_event
 
+from rlm.aio import run_sync
 from rlm.clients.base import BaseLM
-from rlm.core.aio import run_sync
 from rlm.core.lm_handler import LMHandler, Session
 from rlm.core.types import ChildResult, LMResponse, Message, SubcallRecord, Usage, UsageLedger
 from rlm.errors import (

@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
+from rlm.aio import run_sync
 from rlm.clients import ScriptedLM, get_client
-from rlm.core.aio import run_sync
 from rlm.errors import ProviderError
 
 pytestmark = pytest.mark.timeout(30)

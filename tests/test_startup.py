@@ -20,9 +20,9 @@ pytest.importorskip("openai")
 pytest.importorskip("anthropic")
 pytest.importorskip("aiohttp")
 
+from rlm.aio import run_sync
 from rlm.clients.anthropic import AnthropicClient
 from rlm.clients.openai import OpenAIClient
-from rlm.core.aio import run_sync
 from rlm.errors import MissingDependencyError
 from rlm.testing import ProviderSimulator
 

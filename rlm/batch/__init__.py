@@ -186,7 +186,7 @@ class RLMPredictor:
         self._finalizer()
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        from rlm.core.aio import run_sync
+        from rlm.aio import run_sync
 
         contexts = list(batch["context"])
         prompts = list(batch.get("root_prompt", [None] * len(contexts)))

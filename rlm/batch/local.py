@@ -8,10 +8,10 @@ import queue
 import threading
 from collections.abc import Iterator, Sequence
 
+from rlm.aio import spawn
 from rlm.batch.results import BatchResult
 from rlm.batch.runner import TaskRunner
 from rlm.batch.tasks import BatchTask
-from rlm.core.aio import spawn
 
 _DONE = object()
 

@@ -133,7 +133,7 @@ class TaskRunner:
         return result_of(task, completion, attempts)
 
     def run(self, task: BatchTask, attempts: int = 1) -> BatchResult:
-        from rlm.core.aio import run_sync
+        from rlm.aio import run_sync
 
         return run_sync(self.arun(task, attempts))
 

@@ -36,9 +36,9 @@ from typing import Any
 
 import aiohttp
 
+from rlm.aio import to_thread
 from rlm.clients._http_errors import http_status_error, transport_error
 from rlm.clients._tls import KEEPALIVE_EXPIRY, shared_ssl_context
-from rlm.core.aio import to_thread
 from rlm.errors import ConfigurationError, ProviderError
 
 # Set by aiohttp for each request (length, host, its own decoders) or tied to one connection.

@@ -21,9 +21,9 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rlm._optional import require
+from rlm.aio import to_thread
 from rlm.clients._configured import ConfiguredLM
 from rlm.clients._http_errors import wants_direct_http
-from rlm.core.aio import to_thread
 from rlm.errors import MissingDependencyError
 
 if TYPE_CHECKING:

@@ -31,8 +31,8 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import replace
 from typing import Any, ClassVar
 
+from rlm.aio import on_loop, run_sync, to_thread
 from rlm.clients.pricing import lookup_price, price_usage
-from rlm.core.aio import on_loop, run_sync, to_thread
 from rlm.core.types import (
     LMResponse,
     Message,

@@ -28,8 +28,8 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
+from rlm.aio import to_thread
 from rlm.clients.base import BaseLM
-from rlm.core.aio import to_thread
 from rlm.core.types import LMResponse, Message, Usage
 from rlm.errors import ConfigurationError, ProviderError
 

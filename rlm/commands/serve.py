@@ -71,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from rlm.core.aio import run_sync
+    from rlm.aio import run_sync
 
     try:
         from rlm.serve.app import ChatServer  # needs the serve extra

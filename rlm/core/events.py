@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlm.core.aio import get_loop, on_loop
+from rlm.aio import get_loop, on_loop
 from rlm.core.types import RLMChatCompletion, RLMIteration, SubcallRecord
 
 log = logging.getLogger("rlm")

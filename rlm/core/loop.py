@@ -12,8 +12,8 @@ import asyncio
 import time
 from typing import Any
 
+from rlm.aio import to_thread
 from rlm.clients.pricing import context_window
-from rlm.core.aio import to_thread
 from rlm.core.events import Events, RunInfo
 from rlm.core.settings import RunSettings
 from rlm.core.types import (

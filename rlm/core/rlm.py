@@ -18,9 +18,9 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Literal
 
+from rlm.aio import get_loop, in_loop_thread, on_loop, run_sync, spawn, to_thread
 from rlm.clients import get_client
 from rlm.clients.base import BaseLM, as_client
-from rlm.core.aio import get_loop, in_loop_thread, on_loop, run_sync, spawn, to_thread
 from rlm.core.arguments import (
     check_int,
     limit_error,

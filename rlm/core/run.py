@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlm.core.aio import to_thread
+from rlm.aio import to_thread
 from rlm.core.arguments import validate_context
 from rlm.core.events import Events, RunInfo
 from rlm.core.loop import RunLoop, jsonable_messages

@@ -15,8 +15,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from rlm.aio import to_thread
 from rlm.clients.base import BaseLM
-from rlm.core.aio import to_thread
 from rlm.core.lm_handler import LMHandler, Session
 from rlm.core.types import ChildResult, LMResponse, Message, SubcallRecord, Usage
 from rlm.environments.base import HandlerEndpoint

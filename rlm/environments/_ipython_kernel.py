@@ -23,7 +23,7 @@ from typing import Any
 
 import rlm
 from rlm.environments._ipython_cells import CELL_MIME
-from rlm.environments.isolated import scrubbed_env
+from rlm.environments.sandbox_base import scrubbed_env
 from rlm.errors import SandboxError
 
 _SLICE = 0.1

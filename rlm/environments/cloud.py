@@ -22,7 +22,8 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from rlm._optional import require
-from rlm.environments.isolated import IsolatedEnv, Transport
+from rlm.environments.isolated import IsolatedEnv
+from rlm.environments.sandbox_base import Transport
 from rlm.environments.sandbox_parts import SandboxTransport
 from rlm.errors import ConfigurationError, SandboxError
 from rlm.runtime.bundle import bundle_files

@@ -24,7 +24,7 @@ import threading
 from typing import Any, ClassVar
 
 from rlm.environments.cloud import CloudSandboxEnv, CloudTransport, require_int, text_chunk
-from rlm.environments.isolated import Transport
+from rlm.environments.sandbox_base import Transport
 from rlm.environments.sandbox_parts import keyword_names, quietly
 from rlm.errors import ConfigurationError
 from rlm.runtime.bundle import WORKER_MODULE

@@ -25,7 +25,8 @@ import struct
 from typing import Any, ClassVar
 
 from rlm._optional import require
-from rlm.environments.isolated import IsolatedEnv, Transport
+from rlm.environments.isolated import IsolatedEnv
+from rlm.environments.sandbox_base import Transport
 from rlm.environments.sandbox_parts import HostStage, SandboxTransport, keyword_names, quietly
 from rlm.errors import ConfigurationError, SandboxError
 from rlm.runtime.bundle import WORKER_MODULE, bundle_dir

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from rlm.environments.cloud import CloudSandboxEnv, CloudTransport, next_chunk, require_int
-from rlm.environments.isolated import Transport
+from rlm.environments.sandbox_base import Transport
 from rlm.environments.sandbox_parts import keyword_names, quietly
 from rlm.runtime.bundle import WORKER_MODULE
 

@@ -20,21 +20,17 @@ thread waiting on a cell would otherwise hold the exit until the cell's timeout)
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures.thread  # noqa: F401 - its exit hook must be registered before ours
 import contextlib
 import itertools
-import os
 import queue
 import secrets
 import shutil
-import sys
 import tempfile
 import threading
 import time
 import weakref
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Mapping
+from abc import abstractmethod
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, ClassVar
@@ -42,6 +38,15 @@ from typing import Any, ClassVar
 from rlm.core.types import Message, REPLResult
 from rlm.environments.base import BaseEnv, Handler, LMLink
 from rlm.environments.link import open_link
+from rlm.environments.sandbox_base import (
+    Transport,
+    check_json,
+    encode_value,
+    positive,
+    register_live,
+    release,
+    text_of,
+)
 from rlm.errors import (
     ConfigurationError,
     ContextLoadError,
@@ -49,9 +54,7 @@ from rlm.errors import (
     RemoteError,
     SandboxError,
 )
-from rlm.runtime import jsondata
 from rlm.runtime.channel import (
-    ABORT_FRAME,
     CHANNEL_VERSION,
     ENCODING_ENV,
     MAX_FRAME_BYTES,
@@ -61,8 +64,7 @@ from rlm.runtime.channel import (
     Chunk,
     LineDecoder,
     MessageAssembler,
-    encode_line,
-    iter_message_frames,
+    send_message,
 )
 
 BASE_KWARGS = ("handler", "depth", "timeout", "max_output_chars", "tools")
@@ -80,92 +82,6 @@ DEFAULT_MAX_MESSAGE_CHARS = 512 * 2**20  # what one reply from a sandbox may hol
 _LOAD_TIMEOUT = 300.0
 _PROGRESS_WINDOW = 5.0  # a reply in transfer keeps the deadline off while parts keep coming
 _EOF = object()
-
-
-class Transport(ABC):
-    """Carries the channel's bytes to and from one sandbox worker, and can end it."""
-
-    @abstractmethod
-    def write(self, data: bytes) -> None:
-        """Send bytes to the worker's stdin (blocking; raises OSError when it is gone)."""
-
-    @abstractmethod
-    def read(self) -> bytes:
-        """Next bytes from the worker's stdout; b"" once it is closed."""
-
-    @abstractmethod
-    def kill(self) -> None:
-        """Stop the sandbox for good and release it. Idempotent, thread-safe, never raises."""
-
-    def describe_exit(self) -> str:
-        """How the worker ended (exit status, container state), when known."""
-        return ""
-
-    def diagnostics(self) -> str:
-        """The end of what the worker wrote to its own stderr (startup errors, crashes)."""
-        return ""
-
-
-class OutputTail:
-    """The last `limit` bytes (about) a sandbox wrote to its own stderr, for the error message
-    when it dies. Thread-safe: a transport's drain thread adds while another thread reads."""
-
-    def __init__(self, limit: int = 16_384) -> None:
-        self._limit = limit
-        self._lock = threading.Lock()
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._size = 0
-
-    def add(self, chunk: bytes | str) -> None:
-        data = chunk.encode("utf-8", "replace") if isinstance(chunk, str) else bytes(chunk)
-        with self._lock:
-            self._chunks.append(data)
-            self._size += len(data)
-            while self._size > self._limit and len(self._chunks) > 1:
-                self._size -= len(self._chunks.popleft())
-
-    def text(self) -> str:
-        with self._lock:
-            return b"".join(self._chunks).decode("utf-8", "replace")
-
-
-def _release(transport: Transport, paths: list[Path]) -> None:
-    """Finalizer: never references the env, so it can run when the env is collected."""
-    transport.kill()
-    for path in paths:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def check_json(value: Any, where: str = "context") -> None:
-    """ContextLoadError unless `value` is JSON data (`rlm.runtime.jsondata`, as everywhere)."""
-    jsondata.check_json(value, where, error=ContextLoadError)
-
-
-def encode_value(value: Any) -> tuple[bytes, str]:
-    """File bytes for a value: a str as raw UTF-8 ("text"), anything else as JSON ("json")."""
-    if isinstance(value, str):
-        try:
-            return value.encode("utf-8"), "text"
-        except UnicodeEncodeError:  # lone surrogates: JSON escapes carry them exactly
-            return jsondata.json_bytes(value), "json"
-    return jsondata.json_bytes(value), "json"
-
-
-def _text(value: Any, limit: int | None = None) -> str:
-    text = value if isinstance(value, str) else ("" if value is None else str(value))
-    return text if limit is None else text[:limit]
-
-
-def _positive(name: str, value: Any, *, allow_none: bool = True, integer: bool = False) -> Any:
-    if value is None and allow_none:
-        return None
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
-        what = "a positive integer" if integer else "a positive number"
-        raise ConfigurationError(
-            f"{name} must be {what}{' or None' if allow_none else ''}, got {value!r}"
-        )
-    return value
 
 
 class IsolatedEnv(BaseEnv):
@@ -208,21 +124,19 @@ class IsolatedEnv(BaseEnv):
                 f"{', '.join(unknown)}; accepted: {', '.join(accepted)}"
             )
         super().__init__(**{k: kwargs[k] for k in BASE_KWARGS if k in kwargs})
-        _positive("timeout", self.timeout)
-        _positive("max_output_chars", self.max_output_chars, allow_none=False, integer=True)
-        self.memory_mb = _positive("memory_mb", kwargs.get("memory_mb", 1024), integer=True)
-        self.cpu_seconds = _positive("cpu_seconds", kwargs.get("cpu_seconds", 3600), integer=True)
-        self.max_open_files = _positive(
+        positive("timeout", self.timeout)
+        positive("max_output_chars", self.max_output_chars, allow_none=False, integer=True)
+        self.memory_mb = positive("memory_mb", kwargs.get("memory_mb", 1024), integer=True)
+        self.cpu_seconds = positive("cpu_seconds", kwargs.get("cpu_seconds", 3600), integer=True)
+        self.max_open_files = positive(
             "max_open_files", kwargs.get("max_open_files", 256), integer=True
         )
-        self.file_size_mb = _positive(
-            "file_size_mb", kwargs.get("file_size_mb", 1024), integer=True
-        )
-        self.max_processes = _positive(
+        self.file_size_mb = positive("file_size_mb", kwargs.get("file_size_mb", 1024), integer=True)
+        self.max_processes = positive(
             "max_processes", kwargs.get("max_processes", self.default_max_processes), integer=True
         )
-        self.kill_grace = _positive("kill_grace", kwargs.get("kill_grace", 5.0), allow_none=False)
-        self.start_timeout = _positive(
+        self.kill_grace = positive("kill_grace", kwargs.get("kill_grace", 5.0), allow_none=False)
+        self.start_timeout = positive(
             "start_timeout",
             kwargs.get("start_timeout", self.default_start_timeout),
             allow_none=False,
@@ -249,9 +163,8 @@ class IsolatedEnv(BaseEnv):
         self._finalizer: weakref.finalize | None = None
         try:
             self._transport = self._launch()
-            self._finalizer = weakref.finalize(self, _release, self._transport, self._paths)
-            with _live_lock:
-                _live.add(self)
+            self._finalizer = weakref.finalize(self, release, self._transport, self._paths)
+            register_live(self)
             threading.Thread(
                 target=self._read_loop,
                 args=(weakref.ref(self), self._transport, self._replies),
@@ -322,21 +235,12 @@ class IsolatedEnv(BaseEnv):
         if transport is None:
             raise SandboxError(self._dead or "the sandbox is not running")
         with self._write_lock:
-            sent = False
-            try:
-                for frame in iter_message_frames(message):
-                    transport.write(encode_line(frame) if self.base64_lines else frame)
-                    sent = True
+            try:  # a message failing midway is ended by an abort frame: the stream stays in sync
+                send_message(transport.write, message, base64_lines=self.base64_lines)
             except OSError as exc:
                 raise SandboxError(
                     self._death_message(f"writing to the sandbox failed: {exc}")
                 ) from exc
-            except BaseException:
-                if sent:  # keep the stream in sync: the worker drops the partial message
-                    with contextlib.suppress(OSError):
-                        frame = ABORT_FRAME
-                        transport.write(encode_line(frame) if self.base64_lines else frame)
-                raise
 
     @staticmethod
     def _read_loop(
@@ -521,7 +425,7 @@ class IsolatedEnv(BaseEnv):
                 text = (
                     f"{error.get('type')}: {error.get('message')}"
                     if isinstance(error, dict)
-                    else _text(error)
+                    else text_of(error)
                 )
                 raise SandboxError(f"the sandbox worker refused the request: {text}")
             return item
@@ -602,7 +506,7 @@ class IsolatedEnv(BaseEnv):
                 text = (
                     f"{error.get('type')}: {error.get('message')}"
                     if isinstance(error, dict)
-                    else _text(error)
+                    else text_of(error)
                 )
                 raise ContextLoadError(f"the sandbox could not load the {kind}: {text}")
 
@@ -642,23 +546,23 @@ class IsolatedEnv(BaseEnv):
         value = reply.get("final_value") if final else None
         text = reply.get("final_text")
         if final and not isinstance(text, str):
-            text = value if isinstance(value, str) else _text(value)
+            text = value if isinstance(value, str) else text_of(value)
         raw_locals = reply.get("locals")
         local_types = (
-            {str(k): _text(v, 200) for k, v in raw_locals.items()}
+            {str(k): text_of(v, 200) for k, v in raw_locals.items()}
             if isinstance(raw_locals, dict)
             else {}
         )
         duration = reply.get("duration")
         error = reply.get("error")
         return REPLResult(
-            stdout=_text(reply.get("stdout"), cap),
-            stderr=_text(reply.get("stderr"), cap + 10_000),
+            stdout=text_of(reply.get("stdout"), cap),
+            stderr=text_of(reply.get("stderr"), cap + 10_000),
             locals=local_types,
             execution_time=float(duration) if isinstance(duration, (int, float)) else 0.0,
             final_answer=text if final else None,
             final_value=value,
-            error=None if error is None else _text(error, 10_000),
+            error=None if error is None else text_of(error, 10_000),
             timed_out=reply.get("timed_out") is True,
         )
 
@@ -680,55 +584,9 @@ class IsolatedEnv(BaseEnv):
         if link is not None:
             link.close()
         if self._finalizer is not None:
-            self._finalizer()  # runs _release once (kill is idempotent) and detaches
+            self._finalizer()  # runs release once (kill is idempotent) and detaches
         else:
             for path in self._paths:
                 shutil.rmtree(path, ignore_errors=True)
         if on_cleanup is not None:
             on_cleanup()
-
-
-def scrubbed_env(
-    extra: Mapping[str, str] | None = None, *, home: str | None = None
-) -> dict[str, str]:
-    """A child environment built from an allowlist: no provider keys, no tokens of the host."""
-    env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")}
-    if home is not None:
-        env.update(HOME=home, TMPDIR=home)
-    env.update(extra or {})
-    return env
-
-
-_live: weakref.WeakSet[IsolatedEnv] = weakref.WeakSet()
-_live_lock = threading.Lock()
-
-
-def live_sandboxes() -> list[IsolatedEnv]:
-    """The environments of this process whose sandbox is still running."""
-    with _live_lock:
-        return [env for env in _live if env.alive]
-
-
-def kill_live_sandboxes(
-    reason: str = "the host was interrupted", *, keep: Collection[IsolatedEnv] = ()
-) -> int:
-    """Kill every running sandbox of this process except those in `keep`; returns how many.
-    Their environments raise `SandboxError(reason)` from then on."""
-    envs = [env for env in live_sandboxes() if env not in keep]
-    for env in envs:
-        env._die(reason)
-    return len(envs)
-
-
-def _kill_after_interrupt() -> None:
-    """At interpreter exit after an unhandled KeyboardInterrupt, before threads are joined: a
-    pool thread still waiting on a cell would otherwise hold the exit (and the sandbox)
-    until the cell's timeout."""
-    if isinstance(getattr(sys, "last_value", None), KeyboardInterrupt):
-        kill_live_sandboxes()
-
-
-# Hooks registered later run first, so this one runs before concurrent.futures joins its pools.
-_register_atexit = getattr(threading, "_register_atexit", None)
-if _register_atexit is not None:
-    _register_atexit(_kill_after_interrupt)

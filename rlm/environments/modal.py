@@ -26,7 +26,7 @@ from rlm.environments.cloud import (
     require_int,
     text_chunk,
 )
-from rlm.environments.isolated import Transport
+from rlm.environments.sandbox_base import Transport
 from rlm.environments.sandbox_parts import keyword_names, quietly
 from rlm.runtime.bundle import WORKER_MODULE, bundle_dir
 

@@ -26,7 +26,7 @@ from collections.abc import Coroutine
 from typing import Any, ClassVar, TypeVar
 
 from rlm.environments.cloud import CloudSandboxEnv, CloudTransport, require_int
-from rlm.environments.isolated import Transport
+from rlm.environments.sandbox_base import Transport
 from rlm.environments.sandbox_parts import keyword_names
 from rlm.errors import SandboxError
 from rlm.runtime.bundle import WORKER_MODULE

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from rlm.environments.confine import ConfinementUnavailable, SandboxCgroup, UidLease
-from rlm.environments.isolated import IsolatedEnv, Transport, scrubbed_env
+from rlm.environments.isolated import IsolatedEnv
+from rlm.environments.sandbox_base import Transport, scrubbed_env
 from rlm.environments.sandbox_parts import HostStage, SandboxTransport, keyword_names
 from rlm.errors import ConfigurationError, SandboxError
 from rlm.runtime.bundle import WORKER_MODULE, bundle_dir

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rlm.environments.isolated import OutputTail, Transport
+from rlm.environments.sandbox_base import OutputTail, Transport
 from rlm.runtime.channel import write_all
 
 

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from rlm.core.aio import to_thread
+from rlm.aio import to_thread
 from rlm.core.types import LMResponse, Prompt, Usage, to_messages
 from rlm.errors import ConfigurationError
 

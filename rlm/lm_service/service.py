@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, Protocol
 
+from rlm.aio import run_sync, to_thread
 from rlm.clients.base import BaseLM
-from rlm.core.aio import run_sync, to_thread
 from rlm.core.types import (
     ChildResult,
     LMResponse,

@@ -13,7 +13,7 @@ import concurrent.futures
 from collections.abc import Mapping
 from typing import Any
 
-from rlm.core.aio import get_loop
+from rlm.aio import get_loop
 from rlm.environments.base import HandlerEndpoint
 from rlm.errors import RemoteError
 from rlm.lm_service.service import LMService, Session

@@ -24,8 +24,8 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from rlm.aio import get_loop, in_loop_thread, on_loop, run_sync
 from rlm.clients.base import BaseLM
-from rlm.core.aio import get_loop, in_loop_thread, on_loop, run_sync
 from rlm.core.types import LMResponse, Prompt, UsageLedger
 from rlm.environments.base import HandlerEndpoint
 from rlm.errors import AuthenticationError, ConfigurationError, ProtocolError
