@@ -80,11 +80,13 @@ class Transport(Protocol):
 
 
 class _SessionState:
-    """The only moving parts of a session: its records so far and whether it is closed."""
+    """The only moving parts of a session: its records so far, the requests it is being served
+    (cancelled when it closes) and whether it is closed."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.records: list[SubcallRecord] = []
+        self.serving: set[asyncio.Task[Any]] = set()
         self.closed = False
 
 
@@ -208,8 +210,14 @@ class LMService:
         )
 
     def close_session(self, session: Session) -> None:
-        """End the session: later requests are refused, its TCP connections dropped."""
-        session._state.closed = True
+        """End the session: requests in flight are cancelled (a run that ended makes no more
+        calls), later ones refused, its TCP connections dropped."""
+        state = session._state
+        with state.lock:
+            state.closed = True
+            serving, state.serving = state.serving, set()
+        for task in serving:
+            task.get_loop().call_soon_threadsafe(task.cancel)
         for transport in list(self._transports):
             transport.forget(session)
 
@@ -365,12 +373,21 @@ class LMService:
 
     async def serve(self, session: Session, message: Mapping[str, Any]) -> dict[str, Any]:
         """Answer one request: {"result": ...} or {"error": {"type", "message"}}, never raises
-        for what the request or the call did wrong."""
+        for what the request or the call did wrong. Cancelled when the session closes."""
+        state = session._state
+        task = asyncio.current_task()
+        assert task is not None
+        with state.lock:
+            if not state.closed:
+                state.serving.add(task)
         try:
             return {"result": await self.dispatch(session, message)}
         except Exception as exc:
             log_failure(exc, f"request {message.get('type', '(untyped)')!r}")
             return {"error": error_payload(exc)}
+        finally:
+            with state.lock:
+                state.serving.discard(task)
 
     async def dispatch(self, session: Session, message: Mapping[str, Any]) -> dict[str, Any]:
         """Answer one request or raise its error."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,12 +26,15 @@ class ServiceLink:
     `RemoteError` carrying the error's type, exactly as a TCP `Connection`'s does.
 
     `rebind` points the line at a new session: a persistent environment keeps its line across
-    completions while each completion has a session of its own.
+    completions while each completion has a session of its own. At most `max_in_flight`
+    requests are served at once: the next `submit` waits for a slot, which holds back the
+    sandbox's reader (or the cell) as a full TCP connection would.
     """
 
-    def __init__(self, service: LMService, session: Session) -> None:
+    def __init__(self, service: LMService, session: Session, max_in_flight: int = 256) -> None:
         self.service = service
         self.session = session
+        self._slots = threading.BoundedSemaphore(max_in_flight)
 
     def rebind(self, session: Session) -> None:
         self.session = session
@@ -38,11 +42,17 @@ class ServiceLink:
     def submit(self, payload: Mapping[str, Any]) -> concurrent.futures.Future[dict[str, Any]]:
         future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
         future.set_running_or_notify_cancel()  # requests cannot be withdrawn once sent
-        served = asyncio.run_coroutine_threadsafe(
-            self.service.serve(self.session, payload), get_loop()
-        )
+        self._slots.acquire()
+        try:
+            served = asyncio.run_coroutine_threadsafe(
+                self.service.serve(self.session, payload), get_loop()
+            )
+        except BaseException:
+            self._slots.release()
+            raise
 
         def settle(done: concurrent.futures.Future[dict[str, Any]]) -> None:
+            self._slots.release()
             if done.cancelled():
                 future.set_exception(RemoteError("CancellationError", "request cancelled"))
                 return

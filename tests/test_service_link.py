@@ -1,0 +1,150 @@
+"""The LM service reached in-process: what `RLM` gives every environment it builds.
+
+A sandbox's request goes from the host's reader thread straight to `LMService.serve` (no
+loopback TCP); these tests pin what the TCP transport used to guarantee on that path too: a
+bounded number of requests in flight per environment, requests cancelled when the run's
+session closes, typed errors, and that an environment needs nothing but a link (a fake one
+serves an isolated environment's cells).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+from overlap import Overlap
+
+from rlm.clients.base import BaseLM
+from rlm.core.types import LMResponse, Message, Usage
+from rlm.environments.base import HandlerEndpoint
+from rlm.environments.process import ProcessREPL
+from rlm.errors import RemoteError
+from rlm.lm_service.service import LMService
+from rlm.transport.inprocess import ServiceLink
+
+
+class HeldLM(BaseLM):
+    """Every call waits inside `inside` until the test releases it (or 100 are inside)."""
+
+    provider = "fake"
+
+    def __init__(self) -> None:
+        super().__init__("held", max_retries=0)
+        self.inside = Overlap(hold=100)
+        self.cancelled = 0
+
+    async def _acomplete(self, messages: list[Message], sampling: dict[str, Any]) -> LMResponse:
+        try:
+            async with self.inside:
+                pass
+        except BaseException:
+            self.cancelled += 1
+            raise
+        text = str(messages[-1]["content"])
+        return LMResponse(text=f"echo:{text}", model="held", usage=Usage(1, 1))
+
+
+@pytest.fixture
+def held() -> Iterator[HeldLM]:
+    client = HeldLM()
+    yield client
+    client.inside.release()
+
+
+def test_a_link_serves_at_most_its_in_flight_cap(held: HeldLM) -> None:
+    """Five requests from five threads through a link capped at two: never more than two
+    inside the model at once (the others wait for a slot), and every one is answered."""
+    service = LMService(held)
+    link = ServiceLink(service, service.open_session(), max_in_flight=2)
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        futures = [
+            pool.submit(link.request, {"type": "llm", "prompt": f"p{i}"}, 60) for i in range(5)
+        ]
+        assert held.inside.wait_inside(2)
+        held.inside.release()
+        answers = sorted(f.result(60)["text"] for f in futures)
+    assert answers == [f"echo:p{i}" for i in range(5)]
+    assert held.inside.peak == 2
+
+
+def test_closing_the_session_cancels_its_requests_in_flight(held: HeldLM) -> None:
+    """A run that ended makes no more calls: its session's requests still inside the model
+    are cancelled, their callers get a CancellationError, later requests are refused."""
+    service = LMService(held)
+    session = service.open_session()
+    link = ServiceLink(service, session)
+    pending = [link.submit({"type": "llm", "prompt": f"p{i}"}) for i in range(3)]
+    assert held.inside.wait_inside(3)
+    service.close_session(session)
+    for future in pending:
+        with pytest.raises(RemoteError) as caught:
+            future.result(30)
+        assert caught.value.error_type == "CancellationError"
+    assert held.cancelled == 3
+    with pytest.raises(RemoteError, match="the session is closed"):
+        link.request({"type": "llm", "prompt": "late"}, 30)
+
+
+@pytest.mark.parametrize(
+    ("payload", "error_type"),
+    [
+        ({"type": "llm", "prompt": 42}, "ProtocolError"),
+        ({"type": "llm_batch", "prompts": "not a list"}, "ProtocolError"),
+        ({"type": "llm", "prompt": "x", "sampling": {"base_url": "http://evil"}}, "ProtocolError"),
+        ({"type": "tool", "name": "missing", "args": [], "kwargs": {}}, "ConfigurationError"),
+        ({"type": "nonsense"}, "ProtocolError"),
+    ],
+)
+def test_bad_requests_are_typed_errors_over_the_link(
+    held: HeldLM, payload: dict[str, Any], error_type: str
+) -> None:
+    held.inside.release()
+    service = LMService(held)
+    link = ServiceLink(service, service.open_session())
+    with pytest.raises(RemoteError) as caught:
+        link.request(payload, 30)
+    assert caught.value.error_type == error_type
+
+
+class FakeLink:
+    """An LM service stand-in for environment tests: records what arrives, answers it."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def submit(self, payload: Mapping[str, Any]) -> concurrent.futures.Future[dict[str, Any]]:
+        with self._lock:
+            self.requests.append(dict(payload))
+        future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+        if payload.get("prompt") == "fail":
+            future.set_exception(RemoteError("ProviderError", "the fake said no"))
+        else:
+            future.set_result({"text": f"fake:{payload.get('prompt')}", "model": "fake"})
+        return future
+
+    def endpoint(self) -> HandlerEndpoint:
+        raise AssertionError("an isolated environment never needs a TCP endpoint")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_sandbox_needs_only_a_link() -> None:
+    """A process sandbox's cells reach whatever link the environment holds: the request
+    arrives as the cell made it (no id, no token), the answer and a failure come back."""
+    link = FakeLink()
+    env = ProcessREPL(handler=link)
+    try:
+        result = env.execute("print(llm_query('hi'))\nprint(llm_query('fail'))")
+    finally:
+        env.cleanup()
+    assert result.error is None, result.stderr
+    first, second = result.stdout.splitlines()
+    assert first == "fake:hi"
+    assert "ProviderError" in second and "the fake said no" in second
+    assert [r["prompt"] for r in link.requests] == ["hi", "fail"]
+    assert all("id" not in r and r["type"] == "llm" for r in link.requests)
