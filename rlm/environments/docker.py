@@ -129,13 +129,6 @@ class DockerTransport(SandboxTransport):
         return f"the container exited with status {state.get('ExitCode')}"
 
 
-def _parse_user(user: str) -> tuple[int, int] | None:
-    uid, _, gid = user.partition(":")
-    if uid.isdigit() and (not gid or gid.isdigit()):
-        return int(uid), int(gid or uid)
-    return None
-
-
 class DockerREPL(IsolatedEnv):
     """The sandbox runtime in a hardened container (see the module docstring).
 

@@ -222,17 +222,6 @@ class Connection:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return cls(sock, token, hello_timeout=timeout)
 
-    @classmethod
-    def connect_unix(cls, path: str, token: str, timeout: float = 10.0) -> Connection:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(timeout)
-            sock.connect(path)
-        except BaseException:
-            sock.close()
-            raise
-        return cls(sock, token, hello_timeout=timeout)
-
     def _hello(self, token: str, timeout: float | None) -> None:
         self._sock.settimeout(timeout)
         hello = {"type": "hello", "token": token, "version": PROTOCOL_VERSION}
