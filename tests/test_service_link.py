@@ -9,14 +9,17 @@ serves an isolated environment's cells).
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
 from overlap import Overlap
 
+from rlm.aio import run_sync
 from rlm.clients.base import BaseLM
 from rlm.core.types import LMResponse, Message, Usage
 from rlm.environments.base import HandlerEndpoint
@@ -148,3 +151,48 @@ def test_a_sandbox_needs_only_a_link() -> None:
     assert "ProviderError" in second and "the fake said no" in second
     assert [r["prompt"] for r in link.requests] == ["hi", "fail"]
     assert all("id" not in r and r["type"] == "llm" for r in link.requests)
+
+
+class EchoLM(BaseLM):
+    provider = "fake"
+
+    def __init__(self) -> None:
+        super().__init__("echo", max_retries=0)
+        self.calls = 0
+
+    async def _acomplete(self, messages: list[Message], sampling: dict[str, Any]) -> LMResponse:
+        self.calls += 1
+        text = str(messages[-1]["content"])
+        if text == "slow":
+            await asyncio.sleep(1)
+        return LMResponse(text=text, model="echo", usage=Usage(1, 1))
+
+
+def test_a_sandbox_that_stops_reading_does_not_hold_the_event_loop() -> None:
+    """A cell stalls its worker's channel reader (a callback that sleeps) and keeps asking for
+    large answers: the host's writes to the sandbox block, but only that environment's link
+    waits; the rlm loop, which every run of the process shares, keeps serving meanwhile."""
+    client = EchoLM()
+    service = LMService(client)
+    env = ProcessREPL(handler=ServiceLink(service, service.open_session()), timeout=60)
+    code = (
+        "import time\n"
+        "first = llm_query_async('slow')\n"
+        "first.add_done_callback(lambda _: time.sleep(15))  # runs on the channel reader\n"
+        "time.sleep(2)  # the answer arrives; the reader sleeps in the callback\n"
+        "rest = [llm_query_async('x' * 50000) for _ in range(100)]\n"
+    )
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            cell = pool.submit(env.execute, code)
+            # Every request reaches the service while the reader still sleeps (15 s): the
+            # guard (10 s) is shorter than the stall. Were the loop writing the answers
+            # itself, it would be stuck on the full pipe and serve the rest only afterwards.
+            deadline = time.monotonic() + 10
+            while client.calls < 101 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert client.calls == 101
+            assert run_sync(asyncio.sleep(0, result="served"), timeout=5) == "served"
+            assert cell.result(60).error is None
+    finally:
+        env.cleanup()

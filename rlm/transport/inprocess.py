@@ -2,13 +2,15 @@
 
 A request goes from the environment's thread (a cell of the local REPL, the reader thread
 of a sandbox's host side) straight to `LMService.serve` on the rlm loop: no socket, no
-token, no encoding. Its future behaves as a TCP `Connection`'s does, so environments cannot
-tell the two apart.
+token, no encoding. Its future behaves as a TCP `Connection`'s does (a result dict, or a
+`RemoteError` naming the error's type; bounded in flight; completed off the event loop), so
+environments cannot tell the two apart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import threading
 from collections.abc import Mapping
@@ -19,6 +21,8 @@ from rlm.environments.base import HandlerEndpoint
 from rlm.errors import RemoteError
 from rlm.lm_service.service import LMService, Session
 
+_IDLE = 2.0  # seconds a delivery thread waits for more answers before it ends
+
 
 class ServiceLink:
     """An environment's line to the service, in this process: `submit` hands a request to
@@ -27,14 +31,22 @@ class ServiceLink:
 
     `rebind` points the line at a new session: a persistent environment keeps its line across
     completions while each completion has a session of its own. At most `max_in_flight`
-    requests are served at once: the next `submit` waits for a slot, which holds back the
-    sandbox's reader (or the cell) as a full TCP connection would.
+    requests are in flight at once, served or waiting to be delivered: the next `submit` waits
+    for a slot, which holds back the sandbox's reader (or the cell) as a full TCP connection
+    would. Answers are delivered from a
+    thread of the link's own, never from the rlm loop: whatever runs when a future completes
+    (a relay writing to a sandbox that does not read, a cell's callback) holds up this link
+    only, not every run of the process.
     """
 
     def __init__(self, service: LMService, session: Session, max_in_flight: int = 256) -> None:
         self.service = service
         self.session = session
         self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._ready: collections.deque[tuple[concurrent.futures.Future[dict[str, Any]], Any]]
+        self._ready = collections.deque()
+        self._ready_lock = threading.Condition()
+        self._delivering = False
 
     def rebind(self, session: Session) -> None:
         self.session = session
@@ -52,23 +64,52 @@ class ServiceLink:
             raise
 
         def settle(done: concurrent.futures.Future[dict[str, Any]]) -> None:
-            self._slots.release()
+            outcome: Any
             if done.cancelled():
-                future.set_exception(RemoteError("CancellationError", "request cancelled"))
-                return
-            try:
-                reply = done.result()
-            except BaseException as exc:  # the loop is shutting down
-                future.set_exception(RemoteError(type(exc).__name__, str(exc)))
-                return
-            error = reply.get("error")
-            if error is not None:
-                future.set_exception(RemoteError(error["type"], error["message"]))
+                outcome = RemoteError("CancellationError", "request cancelled")
             else:
-                future.set_result(reply["result"])
+                try:
+                    reply = done.result()
+                except BaseException as exc:  # the loop is shutting down
+                    outcome = RemoteError(type(exc).__name__, str(exc))
+                else:
+                    error = reply.get("error")
+                    outcome = (
+                        reply["result"]
+                        if error is None
+                        else RemoteError(error["type"], error["message"])
+                    )
+            self._deliver(future, outcome)
 
         served.add_done_callback(settle)
         return future
+
+    def _deliver(self, future: concurrent.futures.Future[dict[str, Any]], outcome: Any) -> None:
+        with self._ready_lock:
+            self._ready.append((future, outcome))
+            self._ready_lock.notify()
+            if self._delivering:
+                return
+            self._delivering = True
+        threading.Thread(target=self._delivery, name="rlm-link-delivery", daemon=True).start()
+
+    def _delivery(self) -> None:
+        """Complete futures in order; the thread ends after a while with nothing to do."""
+        while True:
+            with self._ready_lock:
+                if not self._ready:
+                    self._ready_lock.wait(_IDLE)
+                if not self._ready:
+                    self._delivering = False
+                    return
+                future, outcome = self._ready.popleft()
+            try:
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+            finally:  # a slot is free once its answer is delivered: undelivered ones count too
+                self._slots.release()
 
     def request(self, payload: Mapping[str, Any], timeout: float | None = None) -> dict[str, Any]:
         return self.submit(payload).result(timeout)
@@ -80,7 +121,8 @@ class ServiceLink:
         return tcp_transport(self.service).endpoint(self.session)
 
     def close(self) -> None:
-        """Nothing to release: the session is its owner's to close."""
+        """Nothing to release here: the session is its owner's to close (which cancels its
+        requests in flight); the delivery thread ends by itself once idle."""
 
     @property
     def closed(self) -> bool:
