@@ -1,6 +1,6 @@
 """The process-wide event loop that every handler, client and run lives on.
 
-All asynchronous work of `rlm` (LMHandler servers, provider SDK clients, RLM loops) runs on one
+All asynchronous work of `rlm` (the LM service, provider SDK clients, RLM loops) runs on one
 event loop in one daemon thread. SDK clients are bound to the loop they first ran on, so one
 loop for the life of the process lets them be created once and reused (connection pooling)
 no matter whether the user calls `completion()` from plain code or `acompletion()` from their

@@ -65,7 +65,7 @@ class ContextLoadError(SandboxError):
 
 
 class ProtocolError(RLMError):
-    """A malformed, oversized, unauthenticated or out-of-order frame on the LMHandler channel."""
+    """A malformed, oversized, unauthenticated or out-of-order frame or request on a channel."""
 
 
 class FrameTooLargeError(ProtocolError):
@@ -86,7 +86,7 @@ class AuthenticationError(ProtocolError):
 
 
 class RemoteError(RLMError):
-    """An error the LMHandler returned for one request, carried back to the caller with its type."""
+    """An error the LM service returned for one request, carried back with its type."""
 
     def __init__(self, error_type: str, message: str) -> None:
         self.error_type = error_type

@@ -196,3 +196,81 @@ def test_a_sandbox_that_stops_reading_does_not_hold_the_event_loop() -> None:
             assert cell.result(60).error is None
     finally:
         env.cleanup()
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        {"temperature": "hot"},
+        {"max_tokens": -5},
+        {"max_tokens": 10**30},
+        {"stop": {"a": 1}},
+        {"seed": 1.5},
+    ],
+)
+def test_bad_sampling_values_are_refused_before_the_provider(sampling: dict[str, Any]) -> None:
+    client = EchoLM()
+    service = LMService(client)
+    link = ServiceLink(service, service.open_session())
+    with pytest.raises(RemoteError) as caught:
+        link.request({"type": "llm", "prompt": "x", "sampling": sampling}, 30)
+    assert caught.value.error_type == "ProtocolError"
+    assert client.calls == 0
+
+
+def test_unregistered_model_names_are_bounded() -> None:
+    """`model=` may name a model the user did not register (it is served by the depth's
+    backend, as in the reference), but code cannot make the host hold a client per name."""
+    from rlm.lm_service.router import MAX_TWINS
+
+    service = LMService(EchoLM())
+    link = ServiceLink(service, service.open_session())
+    for i in range(MAX_TWINS):
+        assert link.request({"type": "llm", "prompt": "x", "model": f"m{i}"}, 30)["text"] == "x"
+    with pytest.raises(RemoteError) as caught:
+        link.request({"type": "llm", "prompt": "x", "model": "one-too-many"}, 30)
+    assert caught.value.error_type == "ConfigurationError"
+    with pytest.raises(RemoteError, match="longer than"):
+        link.request({"type": "llm", "prompt": "x", "model": "m" * 1000}, 30)
+
+
+def test_a_batch_holds_at_most_its_window_in_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    import rlm.lm_service.service as service_module
+
+    monkeypatch.setattr(service_module, "BATCH_WINDOW", 3)
+    held = HeldLM()
+    service = LMService(held)
+    link = ServiceLink(service, service.open_session())
+    future = link.submit({"type": "llm_batch", "prompts": [f"p{i}" for i in range(10)]})
+    assert held.inside.wait_inside(3)
+    held.inside.release()
+    results = future.result(30)["results"]
+    assert [r["result"]["text"] for r in results] == [f"echo:p{i}" for i in range(10)]
+    assert held.inside.peak == 3
+
+
+def test_an_odd_request_from_a_sandbox_is_a_typed_error_not_a_dead_sandbox() -> None:
+    """Requests with an unknown or missing type, sent raw on the worker's channel, are
+    answered with the service's error; the sandbox lives on."""
+    service = LMService(EchoLM())
+    env = ProcessREPL(handler=ServiceLink(service, service.open_session()), timeout=60)
+    code = (
+        "import gc\n"
+        "link = next(o for o in gc.get_objects() if type(o).__name__ == 'HostLink')\n"
+        "for payload in ({'type': 5}, {'type': 'root'}, {'prompts': ['a', 'b']}):\n"
+        "    try:\n"
+        "        print('ok', sorted(link.submit(payload).result(30)))\n"
+        "    except Exception as exc:\n"
+        "        print(type(exc).__name__, getattr(exc, 'error_type', ''))\n"
+    )
+    try:
+        result = env.execute(code)
+        assert result.error is None, result.stderr
+        assert result.stdout.splitlines() == [
+            "RemoteError ProtocolError",
+            "RemoteError ProtocolError",
+            "ok ['results']",
+        ]
+        assert env.execute("print(llm_query('still here'))").stdout.strip() == "still here"
+    finally:
+        env.cleanup()

@@ -7,7 +7,7 @@ one connection pool). `arespond` is the primitive (an `LMResponse` with that cal
 
 Two kinds of subclass: ours implement `_acomplete` for one provider; a reference-style one
 implements `completion` and/or `acompletion` returning `str` (and optionally `get_last_usage`).
-`arespond` serves both, so either kind plugs into `RLM` and the `LMHandler`.
+`arespond` serves both, so either kind plugs into `RLM` and the `LMService`.
 The base class owns what must behave the same for every provider: normalising prompts, merging
 sampling arguments, retries with exponential backoff and jitter (honouring Retry-After), the
 adaptive concurrency limit, and pricing calls that the provider did not price.

@@ -277,7 +277,7 @@ class UsageLedger:
 
 @dataclass
 class SubcallRecord:
-    """One request a cell made to the LMHandler (an LM call, a child RLM or a tool)."""
+    """One request a cell made to the LM service (an LM call, a child RLM or a tool)."""
 
     kind: Literal["llm", "rlm", "tool"]
     depth: int

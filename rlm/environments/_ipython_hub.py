@@ -17,10 +17,11 @@ from typing import Any
 
 from rlm.aio import to_thread
 from rlm.clients.base import BaseLM
-from rlm.core.lm_handler import LMHandler, Session
 from rlm.core.types import ChildResult, LMResponse, Message, SubcallRecord, Usage
 from rlm.environments.base import HandlerEndpoint
 from rlm.errors import ConfigurationError
+from rlm.lm_service.service import Session
+from rlm.transport.tcp import LMHandler
 
 SubcallFn = Callable[[str, str | None], Any]
 

@@ -58,7 +58,6 @@ from rlm.runtime.channel import (
     CHANNEL_VERSION,
     ENCODING_ENV,
     MAX_FRAME_BYTES,
-    REQUEST_TYPES,
     TOKEN_ENV,
     ChannelDecoder,
     Chunk,
@@ -82,6 +81,7 @@ DEFAULT_MAX_MESSAGE_CHARS = 512 * 2**20  # what one reply from a sandbox may hol
 _LOAD_TIMEOUT = 300.0
 _PROGRESS_WINDOW = 5.0  # a reply in transfer keeps the deadline off while parts keep coming
 _EOF = object()
+_CONTROL_TYPES = ("ready", "loaded", "result", "error", "fatal", "progress")
 
 
 class IsolatedEnv(BaseEnv):
@@ -282,8 +282,8 @@ class IsolatedEnv(BaseEnv):
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
-        if kind in REQUEST_TYPES and "id" in message:
-            self._relay(message)
+        if "id" in message and kind not in _CONTROL_TYPES:
+            self._relay(message)  # any request: the service answers a bad one with its error
         elif kind in ("ready", "loaded", "result", "error", "fatal"):
             self._replies.put(message)
         elif kind == "progress":  # the cell has ended; a large reply is on its way

@@ -66,7 +66,7 @@ class _SubcallFnRunner:
     """`rlm_query` / `rlm_query_batched` served by a user's `subcall_fn(prompt, model)`.
 
     The reference's LocalREPL takes such a callback (returning an `RLMChatCompletion`) when it
-    is driven by hand; `RLM` never passes one (its child runs go through the LMHandler). A
+    is driven by hand; `RLM` never passes one (its child runs go through the LM service). A
     failed call answers "Error: ..." to the code and is left out of `rlm_calls`; a batch runs
     at most `max_concurrent` calls at once and records them in prompt order.
     """

@@ -105,7 +105,43 @@ def wire_sampling(message: Mapping[str, Any]) -> dict[str, Any]:
             f"sampling arguments not allowed from a sandbox: {unknown}; "
             f"allowed: {sorted(WIRE_SAMPLING_KEYS)}"
         )
+    for key, value in sampling.items():
+        if not _SAMPLING_CHECKS[key](value):
+            raise ProtocolError(f"sampling argument {key!r} has a bad value: {value!r:.80}")
     return dict(sampling)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and -1e6 < value < 1e6
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 10_000_000
+
+
+def _stop(value: Any) -> bool:
+    if isinstance(value, str):
+        return len(value) <= 1000
+    return (
+        isinstance(value, list)
+        and len(value) <= 16
+        and all(isinstance(v, str) and len(v) <= 1000 for v in value)
+    )
+
+
+_SAMPLING_CHECKS = {
+    "temperature": _number,
+    "top_p": _number,
+    "top_k": _count,
+    "max_tokens": _count,
+    "max_completion_tokens": _count,
+    "max_output_tokens": _count,
+    "stop": _stop,
+    "seed": lambda v: isinstance(v, int) and not isinstance(v, bool) and abs(v) < 2**63,
+    "presence_penalty": _number,
+    "frequency_penalty": _number,
+    "reasoning_effort": lambda v: isinstance(v, str) and len(v) <= 32,
+}
 
 
 def list_field(message: Mapping[str, Any], name: str) -> list[Any]:

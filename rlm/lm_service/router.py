@@ -13,6 +13,11 @@ from collections.abc import Mapping, Sequence
 from rlm.clients.base import BaseLM
 from rlm.errors import ConfigurationError
 
+MAX_MODEL_NAME = 256
+# Unregistered model names served on a registered backend (`model=` in a sub-call), per router:
+# a run asks for a handful; code that asks for thousands would hold a client for each.
+MAX_TWINS = 64
+
 
 class Router:
     """Routes (depth, model) to a client.
@@ -51,10 +56,17 @@ class Router:
                     return client
             if not isinstance(model, str) or not model.strip():
                 raise ConfigurationError(f"model must be a non-empty str, got {model!r}")
+            if len(model) > MAX_MODEL_NAME:
+                raise ConfigurationError(f"model name longer than {MAX_MODEL_NAME} characters")
             base = self._by_depth(depth)
             key = (id(base), model)
             twin = self._twins.get(key)
             if twin is None:
+                if len(self._twins) >= MAX_TWINS:  # each is a client held for the RLM's life
+                    raise ConfigurationError(
+                        f"more than {MAX_TWINS} distinct unregistered model names were asked "
+                        "for; register the models you use (other_backends / depth_backends)"
+                    )
                 twin = self._twins.setdefault(key, base.with_model(model))
             return twin
         return self._by_depth(depth)

@@ -68,6 +68,10 @@ REQUEST_TYPES = ("llm", "llm_batch", "rlm", "rlm_batch", "tool", "ping")
 # Sub-call records (logs, UIs, replay) keep this much of each prompt: enough to read and to
 # match on replay, without holding every large prompt twice in memory.
 RECORD_PROMPT_CHARS = 10_000
+# Items of one batch in progress at once when `batch_max_concurrent` is unset: more than any
+# provider serves at once (the clients' own limiters queue the rest), fewer than would let a
+# huge batch hold a coroutine per item.
+BATCH_WINDOW = 1024
 
 
 class Transport(Protocol):
@@ -139,23 +143,26 @@ def _call_back(callback: RecordCallback | None, record: SubcallRecord) -> None:
 
 
 async def _gather_items(
-    items: Sequence[Coroutine[Any, Any, dict[str, Any]]], limit: int | None = None
+    make: Callable[[Any], Coroutine[Any, Any, dict[str, Any]]],
+    items: Sequence[Any],
+    limit: int | None = None,
 ) -> dict[str, Any]:
-    """Run batch items concurrently (at most `limit` at once); one failing item is an error in
-    its own slot only."""
-    slots = asyncio.Semaphore(limit) if limit else None
+    """Run `make(item)` for every item of a batch, at most `limit` at once (`BATCH_WINDOW`
+    when unset: a batch of 100,000 prompts holds that many coroutines only while they run,
+    not all at once); one failing item is an error in its own slot only."""
+    results: list[dict[str, Any]] = [{} for _ in items]
+    pending = iter(range(len(items)))
 
-    async def one(item: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
-        try:
-            if slots is None:
-                return {"result": await item}
-            async with slots:
-                return {"result": await item}
-        except Exception as exc:
-            log_failure(exc, "a batch item")
-            return {"error": error_payload(exc)}
+    async def worker() -> None:
+        for index in pending:  # shared: each worker takes the next item not yet started
+            try:
+                results[index] = {"result": await make(items[index])}
+            except Exception as exc:
+                log_failure(exc, "a batch item")
+                results[index] = {"error": error_payload(exc)}
 
-    return {"results": list(await asyncio.gather(*(one(item) for item in items)))}
+    await asyncio.gather(*(worker() for _ in range(min(limit or BATCH_WINDOW, len(items)))))
+    return {"results": results}
 
 
 class LMService:
@@ -403,8 +410,9 @@ class LMService:
         if kind == "llm_batch":
             prompts = list_field(message, "prompts")
             wire_sampling(message)  # a bad sampling argument fails the request, not each item
-            items = [self._llm(session, p, message) for p in prompts]
-            return await _gather_items(items, self.batch_max_concurrent)
+            return await _gather_items(
+                lambda p: self._llm(session, p, message), prompts, self.batch_max_concurrent
+            )
         if kind == "rlm":
             context = message.get("context")
             return await self._rlm(session, message.get("prompt"), context, message)
@@ -415,10 +423,11 @@ class LMService:
                 contexts = list_field(message, "contexts")
                 if len(contexts) != len(prompts):
                     raise ProtocolError("'contexts' must have one entry per prompt")
-            items = [
-                self._rlm(session, p, c, message) for p, c in zip(prompts, contexts, strict=True)
-            ]
-            return await _gather_items(items, self.batch_max_concurrent)
+            return await _gather_items(
+                lambda pc: self._rlm(session, pc[0], pc[1], message),
+                list(zip(prompts, contexts, strict=True)),
+                self.batch_max_concurrent,
+            )
         if kind == "tool":
             return await self._tool(session, message)
         raise ProtocolError(f"unknown request type {kind!r}; expected one of {REQUEST_TYPES}")

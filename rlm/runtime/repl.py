@@ -2,7 +2,7 @@
 
 `Repl` is used in-process by `LocalREPL` and shipped into the sandboxes (a child process,
 Docker, Modal, E2B), so every environment gives the model the same namespace semantics and the
-same helpers. Every sub-call a helper makes is one request on the channel to the LMHandler.
+same helpers. Every sub-call a helper makes is one request to the host's LM service.
 
 The namespace is ONE dict used as the globals of every cell: functions see names assigned by
 later cells, a cell that raises keeps what it assigned before the error, and `del` persists.

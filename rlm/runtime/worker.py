@@ -8,8 +8,8 @@ channel over):
 host -> worker   hello (token, config) | load (context/history) | exec (a cell) | shutdown,
                  and responses `{"id", "result" | "error"}` to the worker's requests
 worker -> host   ready | loaded | result (each reply echoes the `seq` of its request; a cell's
-                 result carries the cell's seq), and LM requests: the exact LMHandler payloads
-                 plus an `id`, which the host relays to its LMHandler.
+                 result carries the cell's seq), and LM requests: the LM service's request
+                 payloads plus an `id`, which the host hands to its LM service.
 
 The worker never connects anywhere: the host starts it and always initiates. At start it moves
 the channel to private descriptors and points fd 0 at /dev/null and fds 1/2 at pipes drained

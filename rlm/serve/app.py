@@ -1,7 +1,7 @@
 """The OpenAI-compatible HTTP server behind `rlm serve` (aiohttp).
 
 The server runs on rlm's own event loop (`rlm.aio`), the loop the shared `RLM`, its
-LMHandler and its provider clients live on, so a request's run is awaited in the handler's own
+LM service and its provider clients live on, so a request's run is awaited in the handler's own
 task: when a client disconnects, aiohttp cancels that task (`handler_cancellation=True`), the
 cancellation reaches the run, and the run's `finally` blocks close its handler session and its
 sandbox before the handler returns. Nothing keeps running for a client that left.

@@ -2,7 +2,7 @@
 progress as it happens, and a one-line usage summary.
 
 Every request runs on a per-request view of the server's one `RLM`: a shallow copy that shares
-its LMHandler, clients (so connection pools and adaptive concurrency limits are shared by all
+its LM service, clients (so connection pools and adaptive concurrency limits are shared by all
 requests) and loggers, with its own depth, iteration and tree limits. The view is never closed;
 the server closes the shared `RLM` once, at shutdown.
 """
