@@ -179,7 +179,8 @@ class LMService:
     ) -> None:
         if batch_max_concurrent is not None and batch_max_concurrent < 1:
             raise ConfigurationError("batch_max_concurrent must be >= 1")
-        self.batch_max_concurrent = batch_max_concurrent  # items of one batch at once (None: all)
+        # Items of one batch in progress at once (None: BATCH_WINDOW).
+        self.batch_max_concurrent = batch_max_concurrent
         self.router = Router(client, others=other_clients, by_depth=depth_clients)
         self.cache = cache  # the sub-call cache (rlm.lm_service.cache), None when off
         self._transports: list[Transport] = []  # attached by the transports themselves
