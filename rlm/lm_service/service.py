@@ -74,7 +74,7 @@ RECORD_PROMPT_CHARS = 10_000
 BATCH_WINDOW = 1024
 
 
-class Transport(Protocol):
+class ServiceTransport(Protocol):
     """What the service asks of a transport over it (`rlm.transport.tcp.LMHandler`)."""
 
     def forget(self, session: Session) -> None:
@@ -183,7 +183,7 @@ class LMService:
         self.batch_max_concurrent = batch_max_concurrent
         self.router = Router(client, others=other_clients, by_depth=depth_clients)
         self.cache = cache  # the sub-call cache (rlm.lm_service.cache), None when off
-        self._transports: list[Transport] = []  # attached by the transports themselves
+        self._transports: list[ServiceTransport] = []  # attached by the transports themselves
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -229,7 +229,7 @@ class LMService:
         for transport in list(self._transports):
             transport.forget(session)
 
-    def attach(self, transport: Transport) -> None:
+    def attach(self, transport: ServiceTransport) -> None:
         """A transport serving this service: told of closed sessions, stopped by `aclose`."""
         self._transports.append(transport)
 
