@@ -36,7 +36,7 @@ from rlm.errors import ConfigurationError, RLMError
 from rlm.lm_service.budget import Budget
 from rlm.lm_service.service import LMService, Session
 from rlm.prompts import build_system_prompt, context_metadata_message
-from rlm.runtime.repl import to_jsonable
+from rlm.runtime.jsondata import to_jsonable
 from rlm.transport.inprocess import ServiceLink
 
 CHILD_TASK_PROMPT = "The task is given in `context`: read it and do what it asks."
