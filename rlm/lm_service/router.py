@@ -8,14 +8,17 @@ default model while labelling the usage with the requested name: pitfall U7.)
 
 from __future__ import annotations
 
+import collections
+import threading
 from collections.abc import Mapping, Sequence
 
 from rlm.clients.base import BaseLM
 from rlm.errors import ConfigurationError
 
 MAX_MODEL_NAME = 256
-# Unregistered model names served on a registered backend (`model=` in a sub-call), per router:
-# a run asks for a handful; code that asks for thousands would hold a client for each.
+# Unregistered model names served on a registered backend (`model=` in a sub-call) kept per
+# router: a run asks for a handful; code asking for thousands must not make the host hold a
+# client for each (a twin is a cheap copy sharing its base's connections: dropping one is free).
 MAX_TWINS = 64
 
 
@@ -36,7 +39,9 @@ class Router:
         self.default = default
         self.others: tuple[BaseLM, ...] = tuple(others)
         self.by_depth: dict[int, BaseLM] = dict(by_depth or {})
-        self._twins: dict[tuple[int, str], BaseLM] = {}  # (id of base client, model) -> twin
+        # (id of base client, model) -> twin, least recently used first
+        self._twins: collections.OrderedDict[tuple[int, str], BaseLM] = collections.OrderedDict()
+        self._twins_lock = threading.Lock()
         for depth in self.by_depth:
             if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
                 raise ConfigurationError(f"depth_clients keys must be depths >= 0, got {depth!r}")
@@ -60,14 +65,14 @@ class Router:
                 raise ConfigurationError(f"model name longer than {MAX_MODEL_NAME} characters")
             base = self._by_depth(depth)
             key = (id(base), model)
-            twin = self._twins.get(key)
-            if twin is None:
-                if len(self._twins) >= MAX_TWINS:  # each is a client held for the RLM's life
-                    raise ConfigurationError(
-                        f"more than {MAX_TWINS} distinct unregistered model names were asked "
-                        "for; register the models you use (other_backends / depth_backends)"
-                    )
-                twin = self._twins.setdefault(key, base.with_model(model))
+            with self._twins_lock:
+                twin = self._twins.get(key)
+                if twin is None:
+                    twin = self._twins[key] = base.with_model(model)
+                    while len(self._twins) > MAX_TWINS:  # the least recently used goes
+                        self._twins.popitem(last=False)
+                else:
+                    self._twins.move_to_end(key)
             return twin
         return self._by_depth(depth)
 

@@ -22,6 +22,7 @@ from rlm.errors import RemoteError
 from rlm.lm_service.service import LMService, Session
 
 _IDLE = 2.0  # seconds a delivery thread waits for more answers before it ends
+_MAX_DELIVERERS = 8  # delivery threads of one link at most
 
 
 class ServiceLink:
@@ -36,7 +37,8 @@ class ServiceLink:
     would. Answers are delivered from a
     thread of the link's own, never from the rlm loop: whatever runs when a future completes
     (a relay writing to a sandbox that does not read, a cell's callback) holds up this link
-    only, not every run of the process.
+    only, not every run of the process; and a callback that waits for another answer of the
+    same link (a cell's `llm_query` inside a done-callback) does not wait for itself.
     """
 
     def __init__(self, service: LMService, session: Session, max_in_flight: int = 256) -> None:
@@ -46,7 +48,8 @@ class ServiceLink:
         self._ready: collections.deque[tuple[concurrent.futures.Future[dict[str, Any]], Any]]
         self._ready = collections.deque()
         self._ready_lock = threading.Condition()
-        self._delivering = False
+        self._deliverers = 0  # delivery threads alive
+        self._idle = 0  # of which waiting for an answer
 
     def rebind(self, session: Session) -> None:
         self.session = session
@@ -87,20 +90,26 @@ class ServiceLink:
     def _deliver(self, future: concurrent.futures.Future[dict[str, Any]], outcome: Any) -> None:
         with self._ready_lock:
             self._ready.append((future, outcome))
-            self._ready_lock.notify()
-            if self._delivering:
+            if self._idle:
+                self._ready_lock.notify()
                 return
-            self._delivering = True
+            if self._deliverers >= _MAX_DELIVERERS:
+                return  # one of the busy ones takes it when it is free
+            self._deliverers += 1
         threading.Thread(target=self._delivery, name="rlm-link-delivery", daemon=True).start()
 
     def _delivery(self) -> None:
-        """Complete futures in order; the thread ends after a while with nothing to do."""
+        """Complete futures; the thread ends after a while with nothing to do. An answer that
+        arrives while every delivery thread is busy (in a callback that waits for another
+        answer of this link, say) gets a thread of its own, up to `_MAX_DELIVERERS`."""
         while True:
             with self._ready_lock:
                 if not self._ready:
+                    self._idle += 1
                     self._ready_lock.wait(_IDLE)
+                    self._idle -= 1
                 if not self._ready:
-                    self._delivering = False
+                    self._deliverers -= 1
                     return
                 future, outcome = self._ready.popleft()
             try:
