@@ -301,3 +301,63 @@ def test_a_callback_that_waits_for_another_answer_does_not_wait_for_itself() -> 
         env.cleanup()
     assert result.error is None and not result.timed_out, result.stderr
     assert result.stdout.strip() == "['b'] c"
+
+
+class ParentAndChildLM(BaseLM):
+    """The root writes code that starts a child RLM in a thread and answers without waiting
+    for it; the child's own model call is held until cancelled."""
+
+    provider = "fake"
+
+    def __init__(self) -> None:
+        super().__init__("pc", max_retries=0)
+        self.child_inside = Overlap(hold=100)
+        self.cancelled = 0
+
+    async def _acomplete(self, messages: list[Message], sampling: dict[str, Any]) -> LMResponse:
+        if any("The task is given in `context`" in str(m["content"]) for m in messages):
+            try:
+                async with self.child_inside:
+                    pass
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+            return LMResponse(text="FINAL(late)", model="pc")
+        code = (
+            "```repl\n"
+            "import threading, time\n"
+            "threading.Thread(target=lambda: rlm_query('CHILD-TASK'), daemon=True).start()\n"
+            "while not child_started():\n"
+            "    time.sleep(0.01)\n"
+            "FINAL('parent done')\n"
+            "```"
+        )
+        return LMResponse(text=code, model="pc")
+
+
+def test_a_child_still_running_when_its_parent_ends_is_cancelled() -> None:
+    from rlm import RLM
+    from rlm.core.events import Observer
+
+    client = ParentAndChildLM()
+    ends: list[tuple[int, str]] = []
+
+    class Ends(Observer):
+        def on_run_end(self, run: Any, completion: Any) -> None:
+            ends.append((run.depth, completion.stop_reason))
+
+    with RLM(
+        backend=client,
+        environment="local",
+        max_depth=2,
+        custom_tools={"child_started": lambda: client.child_inside.current > 0},
+        observers=[Ends()],
+    ) as rlm:
+        out = rlm.completion("ctx")
+        deadline = time.monotonic() + 30  # a hang guard: the cancellation follows at once
+        while (1, "cancelled") not in ends and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert out.response == "parent done"
+    assert (1, "cancelled") in ends
+    assert client.cancelled == 1
+    assert client.child_inside.peak == 1 and not client.child_inside.broken
