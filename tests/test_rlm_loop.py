@@ -393,3 +393,13 @@ def test_callbacks_are_called() -> None:
         rlm.completion("ctx")
     assert ("it_start", 1) in events and ("it_done", 2) in events
     assert ("sub_start", "sub") in events and ("sub_done", None) in events
+
+
+def test_persistent_set_after_construction_keeps_the_environment() -> None:
+    """As in the reference, `rlm.persistent = True` after construction makes the next
+    completions share one environment (each run still frozen on its own settings)."""
+    responses = [repl("x = 41\nFINAL('set')"), repl("FINAL(str(x + 1) + ':' + context_1)")]
+    with RLM(backend="scripted", backend_kwargs={"responses": responses}) as rlm:
+        rlm.persistent = True
+        assert rlm.completion("first").response == "set"
+        assert rlm.completion("second").response == "42:second"

@@ -380,6 +380,8 @@ class RLM(ReferenceInternals):
         if root_prompt is not None and not isinstance(root_prompt, str):
             raise ConfigurationError("root_prompt must be a str or None")
         check_priced(self.service.router.clients(), self.limits)
+        if self.persistent and self._persistent is None:  # set after construction, as allowed
+            self._persistent = Persistent()
         tree = Tree(
             self.service,
             self.run_settings(),
