@@ -10,10 +10,8 @@ that handler's service directly, so nothing goes through the handler's socket un
 
 from __future__ import annotations
 
-import concurrent.futures
-import threading
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rlm.core.types import (
     Message,
@@ -23,68 +21,22 @@ from rlm.core.types import (
     SubcallRecord,
     UsageSummary,
 )
-from rlm.environments.base import BaseEnv, HandlerEndpoint, ToolSpec
+from rlm.environments.base import BaseEnv, ToolSpec
 from rlm.errors import ConfigurationError
-
-if TYPE_CHECKING:
-    from rlm.transport.inprocess import ServiceLink
-    from rlm.transport.tcp import LMHandler
+from rlm.transport.inprocess import AddressLink
 
 Address = tuple[str, int]
 
 
-class HandlerLease:
-    """A session on the LMHandler this process runs at an address, taken on the first request
-    and released by `close`. It is the environment's link (`rlm.environments.base.LMLink`):
-    requests go straight to the handler's service, in this process."""
-
-    def __init__(
-        self, address: Address, tools: Mapping[str, Callable[..., Any]] | None = None
-    ) -> None:
-        self.address = (str(address[0]), int(address[1]))
-        self._tools = dict(tools or {})
-        self._lock = threading.Lock()
-        self._handler: LMHandler | None = None
-        self._link: ServiceLink | None = None
-
-    def _service_link(self) -> ServiceLink:
-        from rlm.transport.inprocess import ServiceLink
-        from rlm.transport.tcp import running_handler
-
-        with self._lock:
-            if self._link is None or self._link.closed:
-                handler = running_handler(self.address)
-                if handler is None:
-                    host, port = self.address
-                    raise ConfigurationError(
-                        f"no LMHandler of this process is listening at {host}:{port}; start "
-                        "one (`with LMHandler(client) as handler:`) and pass handler.address"
-                    )
-                self._handler = handler
-                self._link = ServiceLink(handler.service, handler.open_session(tools=self._tools))
-            return self._link
-
-    def submit(self, payload: Mapping[str, Any]) -> concurrent.futures.Future[dict[str, Any]]:
-        return self._service_link().submit(payload)
-
-    def endpoint(self) -> HandlerEndpoint:
-        """The handler's address with this lease's token, for another process."""
-        link = self._service_link()
-        assert self._handler is not None
-        return self._handler.endpoint(link.session)
+class HandlerLease(AddressLink):
+    """A session on the LMHandler this process runs at an address (`AddressLink`), and the
+    sub-calls made through it in the reference's shape."""
 
     def take_calls(self) -> list[RLMChatCompletion]:
         """The sub-calls made through this lease since the last call, as the reference's
         `RLMChatCompletion` records (what its `REPLResult.rlm_calls` holds)."""
-        link = self._link
-        return [] if link is None else [_as_completion(r) for r in link.session.take_records()]
-
-    def close(self) -> None:
-        with self._lock:
-            handler, link = self._handler, self._link
-            self._handler = self._link = None
-        if handler is not None and link is not None:
-            handler.close_session(link.session)
+        session = self.session
+        return [] if session is None else [_as_completion(r) for r in session.take_records()]
 
 
 def _as_completion(record: SubcallRecord) -> RLMChatCompletion:
@@ -233,10 +185,6 @@ class ReferenceIsolatedREPL(ReferenceREPLMethods):
         self.handler = lease
         old, self._lease = self._lease, lease
         self.lm_handler_address = lease.address
-        link_lock = getattr(self, "_link_lock", None)
-        if link_lock is not None:  # an isolated environment: its relay takes the new lease
-            with link_lock:
-                self._service_link = None
         if old is not None:
             old.close()
 

@@ -3,7 +3,7 @@
 Same framing as the reference (a 4-byte big-endian length, then a UTF-8 JSON object; our
 `rlm.runtime.protocol`), but our LMHandler authenticates every connection with a session
 token. So `send_lm_request(address, ...)` from this process looks up the handler started at
-`address` (`rlm.transport.tcp.running_handler`), takes a session from it, and hands the request
+`address` (`rlm.transport.inprocess.AddressLink`), takes a session from it, and hands the request
 to that handler's service in this process: its real request path, no unauthenticated port.
 A handler in another process is out of reach this way (it has no token to give): connect with
 `rlm.runtime.protocol.Connection` and a `HandlerEndpoint` instead.
@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import socket
 import threading
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
 from rlm.core.types import ModelUsageSummary, Prompt, RLMChatCompletion, Usage, UsageSummary
 from rlm.environments.base import HandlerEndpoint
-from rlm.errors import ProtocolError, RLMError
+from rlm.errors import RLMError
 from rlm.runtime.protocol import recv_frame, send_frame
-from rlm.transport.inprocess import ServiceLink
-from rlm.transport.tcp import LMHandler, running_handler
+from rlm.transport.inprocess import AddressLink
 
 __all__ = [
     "LMRequest",
@@ -147,35 +145,25 @@ def socket_request(
 
 # ------------------------------------------------------------------------- the LMHandler
 
-_LINKS: weakref.WeakKeyDictionary[LMHandler, ServiceLink] = weakref.WeakKeyDictionary()
+_LINKS: dict[tuple[str, int], AddressLink] = {}
 _LINKS_LOCK = threading.Lock()
 
 
-def _handler_at(address: tuple[str, int]) -> LMHandler:
-    handler = running_handler(address)
-    if handler is None:
-        raise ProtocolError(
-            f"no LMHandler of this process is listening at {address[0]}:{address[1]} "
-            "(start one with `with LMHandler(client) as handler:` and pass handler.address)"
-        )
-    return handler
-
-
-def _link(address: tuple[str, int]) -> ServiceLink:
+def _link(address: tuple[str, int]) -> AddressLink:
     """One session per handler, at depth 0 (so requests are served at depth 1, the
     reference's sub-call depth), reached in this process."""
-    handler = _handler_at(address)
+    key = (str(address[0]), int(address[1]))
     with _LINKS_LOCK:
-        link = _LINKS.get(handler)
-        if link is None or link.closed:
-            link = _LINKS[handler] = ServiceLink(handler.service, handler.open_session())
+        link = _LINKS.get(key)
+        if link is None:
+            link = _LINKS[key] = AddressLink(key)
     return link
 
 
 def handler_endpoint(address: tuple[str, int]) -> HandlerEndpoint:
     """An authenticated TCP endpoint for the LMHandler this process started at `address`, for
-    a process that is elsewhere. Raises ProtocolError when no such handler runs here."""
-    return _handler_at(address).endpoint(_link(address).session)
+    a process that is elsewhere. Raises ConfigurationError when no such handler runs here."""
+    return _link(address).endpoint()
 
 
 def _chat_completion(prompt: Prompt, result: dict[str, Any]) -> RLMChatCompletion:

@@ -13,13 +13,16 @@ import asyncio
 import collections
 import concurrent.futures
 import threading
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from rlm.aio import get_loop
 from rlm.environments.base import HandlerEndpoint
 from rlm.errors import RemoteError
 from rlm.lm_service.service import LMService, Session
+
+if TYPE_CHECKING:
+    from rlm.transport.tcp import LMHandler
 
 _IDLE = 2.0  # seconds a delivery thread waits for more answers before it ends
 _MAX_DELIVERERS = 8  # delivery threads of one link at most
@@ -136,3 +139,54 @@ class ServiceLink:
     @property
     def closed(self) -> bool:
         return self.session.closed
+
+
+class AddressLink:
+    """A link to the LMHandler this process runs at an address (what the reference's callers
+    know: `lm_handler_address`, `send_lm_request(address, ...)`): a session of that handler,
+    taken on the first request and taken again if it was closed or another handler now
+    listens there; requests go to the handler's service in this process, never through its
+    socket unauthenticated. `close` releases the session."""
+
+    def __init__(
+        self, address: tuple[str, int], tools: Mapping[str, Callable[..., Any]] | None = None
+    ) -> None:
+        self.address = (str(address[0]), int(address[1]))
+        self._tools = dict(tools or {})
+        self._lock = threading.Lock()
+        self._handler: LMHandler | None = None
+        self._link: ServiceLink | None = None
+
+    def link(self) -> ServiceLink:
+        from rlm.transport.tcp import handler_at
+
+        handler = handler_at(self.address)
+        with self._lock:
+            if self._link is None or self._link.closed or handler is not self._handler:
+                self._handler = handler
+                self._link = ServiceLink(handler.service, handler.open_session(tools=self._tools))
+            return self._link
+
+    @property
+    def session(self) -> Session | None:
+        """The session taken so far (None before the first request)."""
+        return None if self._link is None else self._link.session
+
+    def submit(self, payload: Mapping[str, Any]) -> concurrent.futures.Future[dict[str, Any]]:
+        return self.link().submit(payload)
+
+    def request(self, payload: Mapping[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        return self.link().request(payload, timeout)
+
+    def endpoint(self) -> HandlerEndpoint:
+        """The handler's address with this link's token, for another process."""
+        link = self.link()
+        assert self._handler is not None
+        return self._handler.endpoint(link.session)
+
+    def close(self) -> None:
+        with self._lock:
+            handler, link = self._handler, self._link
+            self._handler = self._link = None
+        if handler is not None and link is not None:
+            handler.close_session(link.session)

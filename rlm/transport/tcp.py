@@ -21,18 +21,18 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rlm.aio import get_loop, in_loop_thread, on_loop, run_sync
 from rlm.clients.base import BaseLM
-from rlm.core.types import LMResponse, Prompt, UsageLedger
+from rlm.core.types import LMResponse, Prompt
 from rlm.environments.base import HandlerEndpoint
 from rlm.errors import AuthenticationError, ConfigurationError, ProtocolError
-from rlm.lm_service.budget import Budget
 from rlm.lm_service.cache import SubcallCache
 from rlm.lm_service.requests import error_payload
-from rlm.lm_service.service import CallKind, LMService, RecordCallback, Session, SpawnFn
+from rlm.lm_service.router import Router
+from rlm.lm_service.service import LMService, Session
 from rlm.runtime.protocol import MAX_FRAME_BYTES, PROTOCOL_VERSION, encode_frame, read_frame
 
 logger = logging.getLogger(__name__)
@@ -89,6 +89,17 @@ def running_handler(address: tuple[str, int]) -> LMHandler | None:
     authentication: they ask it for a session here instead of connecting without a token.
     """
     return _RUNNING.get((str(address[0]), int(address[1])))
+
+
+def handler_at(address: tuple[str, int]) -> LMHandler:
+    """`running_handler`, or a `ConfigurationError` saying how to start one."""
+    handler = running_handler(address)
+    if handler is None:
+        raise ConfigurationError(
+            f"no LMHandler of this process is listening at {address[0]}:{address[1]}; start "
+            "one (`with LMHandler(client) as handler:`) and pass handler.address"
+        )
+    return handler
 
 
 class LMHandler:
@@ -150,36 +161,17 @@ class LMHandler:
     # -- the service, for the reference's callers and ours ----------------------------------
 
     @property
-    def router(self) -> Any:
+    def router(self) -> Router:
         return self.service.router
 
     @property
     def cache(self) -> SubcallCache | None:
         return self.service.cache
 
-    def open_session(
-        self,
-        *,
-        depth: int = 0,
-        max_depth: int = 1,
-        budget: Budget | None = None,
-        ledger: UsageLedger | None = None,
-        spawn: SpawnFn | None = None,
-        tools: Mapping[str, Callable[..., Any]] | None = None,
-        on_start: RecordCallback | None = None,
-        on_record: RecordCallback | None = None,
-    ) -> Session:
-        """`LMService.open_session`, served over TCP with `session.token` from now on."""
-        session = self.service.open_session(
-            depth=depth,
-            max_depth=max_depth,
-            budget=budget,
-            ledger=ledger,
-            spawn=spawn,
-            tools=tools,
-            on_start=on_start,
-            on_record=on_record,
-        )
+    def open_session(self, **settings: Any) -> Session:
+        """`LMService.open_session(**settings)`, served over TCP with `session.token` from
+        now on."""
+        session = self.service.open_session(**settings)
         self._serve(session)
         return session
 
@@ -188,19 +180,9 @@ class LMHandler:
         self.service.close_session(session)
         self.forget(session)
 
-    async def acomplete(
-        self,
-        prompt: Prompt,
-        *,
-        depth: int,
-        model: str | None = None,
-        session: Session | None = None,
-        sampling: Mapping[str, Any] | None = None,
-        kind: CallKind = "llm",
-    ) -> LMResponse:
-        return await self.service.acomplete(
-            prompt, depth=depth, model=model, session=session, sampling=sampling, kind=kind
-        )
+    async def acomplete(self, prompt: Prompt, **call: Any) -> LMResponse:
+        """`LMService.acomplete`: one LM call on the service's path."""
+        return await self.service.acomplete(prompt, **call)
 
     def completion(self, prompt: Prompt, *, depth: int = 0, model: str | None = None) -> LMResponse:
         """Synchronous `acomplete` without a session (no budget, no records)."""
