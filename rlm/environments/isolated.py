@@ -156,7 +156,9 @@ class IsolatedEnv(BaseEnv):
         self._dead: str | None = None
         self._progress = 0.0  # when the last sign of a reply in transfer arrived
         self._closed = False
-        self._service_link: LMLink | None = None  # opened from `handler` on the first request
+        # The link the relay uses and the `handler` it was opened from, on the first request
+        # and again whenever `handler` is replaced (a reference-style `update_handler_address`).
+        self._service_link: tuple[Handler | None, LMLink | None] = (None, None)
         self._link_lock = threading.Lock()
         self._paths: list[Path] = []
         self._transport: Transport | None = None
@@ -296,9 +298,13 @@ class IsolatedEnv(BaseEnv):
         with self._link_lock:
             if self._closed:
                 raise SandboxError("the environment was cleaned up")
-            if self._service_link is None:
-                self._service_link = open_link(self.handler)
-            return self._service_link
+            opened_from, link = self._service_link
+            if link is None or opened_from is not self.handler:
+                if link is not None and link is not opened_from:
+                    link.close()  # a TCP link this relay opened itself
+                link = open_link(self.handler)
+                self._service_link = (self.handler, link)
+            return link
 
     def _relay(self, message: dict[str, Any]) -> None:
         """A sandbox's request, handed to the LM service as it came: the service checks every
@@ -580,7 +586,7 @@ class IsolatedEnv(BaseEnv):
         if self._transport is not None:
             self._transport.kill()
         with self._link_lock:
-            link, self._service_link = self._service_link, None
+            (_, link), self._service_link = self._service_link, (None, None)
         if link is not None:
             link.close()
         if self._finalizer is not None:
