@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -163,39 +166,51 @@ class EchoLM(BaseLM):
     async def _acomplete(self, messages: list[Message], sampling: dict[str, Any]) -> LMResponse:
         self.calls += 1
         text = str(messages[-1]["content"])
-        if text == "slow":
-            await asyncio.sleep(1)
+        if text == "slow":  # the cell attaches its callback before the answer arrives
+            await asyncio.sleep(2)
         return LMResponse(text=text, model="echo", usage=Usage(1, 1))
 
 
 def test_a_sandbox_that_stops_reading_does_not_hold_the_event_loop() -> None:
-    """A cell stalls its worker's channel reader (a callback that sleeps) and keeps asking for
-    large answers: the host's writes to the sandbox block, but only that environment's link
-    waits; the rlm loop, which every run of the process shares, keeps serving meanwhile."""
+    """A cell stalls its worker's channel reader (a callback that waits for the test) and
+    keeps asking for large answers: the host's writes to the sandbox block, but only that
+    environment's link waits; the rlm loop, which every run of the process shares, keeps
+    serving meanwhile."""
     client = EchoLM()
     service = LMService(client)
-    env = ProcessREPL(handler=ServiceLink(service, service.open_session()), timeout=60)
+    env = ProcessREPL(handler=ServiceLink(service, service.open_session()), timeout=120)
+    shared = tempfile.mkdtemp(prefix="rlm-release-")
+    os.chmod(shared, 0o755)  # the sandbox's own user looks for the release file here
+    release = os.path.join(shared, "release")
     code = (
-        "import time\n"
+        "import os, time\n"
+        "def stall(_):  # runs on the channel reader: nothing more is read until it returns\n"
+        "    for _ in range(12000):\n"
+        f"        if os.path.exists({release!r}):\n"
+        "            return\n"
+        "        time.sleep(0.01)\n"
         "first = llm_query_async('slow')\n"
-        "first.add_done_callback(lambda _: time.sleep(15))  # runs on the channel reader\n"
-        "time.sleep(2)  # the answer arrives; the reader sleeps in the callback\n"
+        "first.add_done_callback(stall)\n"
+        "while not first.done():\n"
+        "    time.sleep(0.01)\n"
         "rest = [llm_query_async('x' * 50000) for _ in range(100)]\n"
     )
     try:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             cell = pool.submit(env.execute, code)
-            # Every request reaches the service while the reader still sleeps (15 s): the
-            # guard (10 s) is shorter than the stall. Were the loop writing the answers
-            # itself, it would be stuck on the full pipe and serve the rest only afterwards.
-            deadline = time.monotonic() + 10
+            # Every request reaches the service while the reader is stalled. Were the loop
+            # writing the answers itself, it would be stuck on the full pipe until release.
+            deadline = time.monotonic() + 60  # a hang guard
             while client.calls < 101 and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert client.calls == 101
-            assert run_sync(asyncio.sleep(0, result="served"), timeout=5) == "served"
+            assert run_sync(asyncio.sleep(0, result="served"), timeout=30) == "served"
+            with open(release, "w"):
+                pass
             assert cell.result(60).error is None
     finally:
         env.cleanup()
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 @pytest.mark.parametrize(
